@@ -1,0 +1,1 @@
+"""Corpus readers, cleaning, splitting and statistics: everything before the prompt."""

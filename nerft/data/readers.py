@@ -1,0 +1,300 @@
+"""Readers: one per corpus format, each turning a file into Examples with corpus labels.
+
+Readers only parse. They report what cannot be parsed (bad JSON, bad UTF-8, missing fields,
+unknown tags) as Rejections naming file:line and field, and leave span checks against the text
+to `clean.py`, so every format gets the same checks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+from nerft.data.example import Example, Rejection, Span
+
+FORMATS = ("ccfbdci", "cluener", "conll", "canonical")
+
+Row = Union[Example, Rejection]
+
+
+class DataError(Exception):
+    """A problem with a whole input (unreadable, unknown format): always fatal."""
+
+
+@dataclass
+class TaggedLine:
+    lineno: int
+    text: str | None  # None when the bytes are not UTF-8
+    error: str = ""
+
+
+def iter_lines(path: Path) -> Iterator[TaggedLine]:
+    """Lines decoded one by one, so one bad byte costs one line, not the file."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield TaggedLine(lineno, raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError as e:
+                yield TaggedLine(lineno, None, f"invalid UTF-8 at byte {e.start}")
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format from the first non-blank lines (the content, never the file name)."""
+    for tl in _first_lines(path, 20):
+        line = tl.text.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            if "label" in row:
+                return "cluener"
+            ents = row.get("entities")
+            if isinstance(ents, list):
+                first = ents[0] if ents else {}
+                if "start_idx" in first or "entity_label" in first:
+                    return "ccfbdci"
+                if "start" in first or "id" in row:
+                    return "canonical"
+            if set(row) <= {"id", "text"}:
+                raise DataError(
+                    f"{path}: rows have a text but no annotations (an unlabeled test set?); "
+                    "pass annotated files only"
+                )
+            continue
+        if _split_tag_line(line) is not None:
+            return "conll"
+    raise DataError(
+        f"{path}: cannot tell the format from its first lines; pass --format "
+        f"({', '.join(FORMATS)})"
+    )
+
+
+def _first_lines(path: Path, n: int) -> Iterator[TaggedLine]:
+    for i, tl in enumerate(iter_lines(path)):
+        if i >= n:
+            return
+        if tl.text is not None:
+            yield tl
+
+
+def read_file(path: Path, fmt: str | None = None) -> tuple[str, Iterator[Row]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = fmt or detect_format(path)
+    if fmt not in READERS:
+        raise DataError(f"{path}: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt, READERS[fmt](path)
+
+
+# --- JSON-lines formats -----------------------------------------------------------------------
+
+def _json_rows(path: Path, parse: Callable[[dict, str, int], Row]) -> Iterator[Row]:
+    name = str(path)
+    for tl in iter_lines(path):
+        if tl.text is None:
+            yield Rejection(name, tl.lineno, "invalid_utf8", tl.error)
+            continue
+        if not tl.text.strip():
+            continue
+        try:
+            row = json.loads(tl.text)
+        except json.JSONDecodeError as e:
+            yield Rejection(name, tl.lineno, "malformed_json", e.msg + f" (column {e.colno})",
+                            raw=tl.text[:200])
+            continue
+        if not isinstance(row, dict):
+            yield Rejection(name, tl.lineno, "malformed_json", "line is not a JSON object",
+                            raw=tl.text[:200])
+            continue
+        try:
+            yield parse(row, name, tl.lineno)
+        except _FieldError as e:
+            yield Rejection(name, tl.lineno, e.reason, str(e), raw=tl.text[:200])
+
+
+class _FieldError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _field(obj: dict, key: str, kind: type | tuple, where: str = ""):
+    if key not in obj:
+        raise _FieldError("missing_field", f"missing field {where}{key!r}")
+    value = obj[key]
+    # bool is an int in Python; an offset of `true` is still a type error for a user.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise _FieldError("bad_type", f"field {where}{key!r} should be {want}, got {value!r:.40}")
+    return value
+
+
+def _example_id(file: str, lineno: int) -> str:
+    return f"{Path(file).stem}:{lineno}"
+
+
+def _parse_ccfbdci(row: dict, file: str, lineno: int) -> Example:
+    text = _field(row, "text", str)
+    spans = []
+    for i, ent in enumerate(_field(row, "entities", list)):
+        where = f"entities[{i}]."
+        if not isinstance(ent, dict):
+            raise _FieldError("bad_type", f"entities[{i}] should be an object")
+        spans.append(Span(_field(ent, "start_idx", int, where), _field(ent, "end_idx", int, where),
+                          _field(ent, "entity_label", str, where),
+                          _field(ent, "entity_text", str, where)))
+    return Example(_example_id(file, lineno), text, spans, f"{file}:{lineno}")
+
+
+def _parse_cluener(row: dict, file: str, lineno: int) -> Example:
+    text = _field(row, "text", str)
+    spans = []
+    for label, mentions in _field(row, "label", dict).items():
+        if not isinstance(mentions, dict):
+            raise _FieldError("bad_type", f"label.{label} should map entity text to offsets")
+        for mention, offsets in mentions.items():
+            if not isinstance(offsets, list):
+                raise _FieldError("bad_type", f"label.{label}.{mention} should be a list")
+            for pair in offsets:
+                if (not isinstance(pair, list) or len(pair) != 2
+                        or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair)):
+                    raise _FieldError("bad_type",
+                                      f"label.{label}.{mention}: offsets {pair!r} are not [start, end]")
+                # CLUENER ends are inclusive; ours are exclusive.
+                spans.append(Span(pair[0], pair[1] + 1, label, mention))
+    spans.sort()
+    return Example(_example_id(file, lineno), text, spans, f"{file}:{lineno}")
+
+
+def _parse_canonical(row: dict, file: str, lineno: int) -> Example:
+    text = _field(row, "text", str)
+    spans = []
+    for i, ent in enumerate(_field(row, "entities", list)):
+        where = f"entities[{i}]."
+        if not isinstance(ent, dict):
+            raise _FieldError("bad_type", f"entities[{i}] should be an object")
+        start, end = _field(ent, "start", int, where), _field(ent, "end", int, where)
+        label = _field(ent, "label", str, where)
+        claimed = ent.get("text", text[start:end] if 0 <= start < end <= len(text) else "")
+        if not isinstance(claimed, str):
+            raise _FieldError("bad_type", f"field {where}'text' should be str")
+        spans.append(Span(start, end, label, claimed))
+    ex_id = row.get("id", _example_id(file, lineno))
+    return Example(str(ex_id), text, spans, f"{file}:{lineno}")
+
+
+# --- character-per-line CoNLL -----------------------------------------------------------------
+
+_PREFIXES = {"B": "begin", "I": "inside", "M": "inside", "E": "end", "S": "single"}
+
+
+def _split_tag_line(line: str) -> tuple[str, str] | None:
+    """`char<TAB>tag` or `char<space>tag`; the character itself may be a space."""
+    sep = "\t" if "\t" in line else " "
+    if sep not in line:
+        return None
+    token, tag = line.rsplit(sep, 1)
+    if token == "" or not tag or " " in tag:
+        return None
+    if tag != "O" and (len(tag) < 3 or tag[0] not in _PREFIXES or tag[1] not in "-_"):
+        return None
+    return token, tag
+
+
+def read_conll(path: Path) -> Iterator[Row]:
+    """Sentences of `char tag` lines separated by blank lines; BIO, IOB, BIOES and BMES tags.
+
+    Broken sequences (an I- with no B- before it, a label change inside an entity) are repaired
+    the way conlleval reads them: the odd tag starts a new entity. The repair is reported.
+    """
+    name = str(path)
+    chars: list[str] = []
+    tags: list[tuple[int, str]] = []
+    first_line = 0
+    error: Rejection | None = None
+    for tl in iter_lines(path):
+        if tl.text is not None and tl.text.strip() == "":
+            if chars or error:
+                yield from _conll_sentence(name, first_line, chars, tags, error)
+            chars, tags, error = [], [], None
+            continue
+        if not chars and error is None:
+            first_line = tl.lineno
+        if error is not None:
+            continue  # the sentence is already lost; skip to its end
+        if tl.text is None:
+            error = Rejection(name, first_line, "invalid_utf8", f"line {tl.lineno}: {tl.error}")
+            continue
+        parsed = _split_tag_line(tl.text)
+        if parsed is None:
+            reason = "unknown_tag" if (" " in tl.text or "\t" in tl.text) else "malformed_line"
+            error = Rejection(name, first_line, reason,
+                              f"line {tl.lineno}: expected 'char TAG' with TAG O or B-/I-/E-/S-/M-X, "
+                              f"got {tl.text[:40]!r}")
+            continue
+        chars.append(parsed[0])
+        tags.append((tl.lineno, parsed[1]))
+    if chars or error:
+        yield from _conll_sentence(name, first_line, chars, tags, error)
+
+
+def _conll_sentence(file, first_line, chars, tags, error) -> Iterator[Row]:
+    if error is not None:
+        yield error
+        return
+    text = "".join(chars)
+    spans, repairs = tags_to_spans(text, chars, tags)
+    ex = Example(_example_id(file, first_line), text, spans, f"{file}:{first_line}")
+    for detail in repairs:
+        yield Rejection(file, first_line, "broken_tags", detail, action="repaired")
+    yield ex
+
+
+def tags_to_spans(text: str, chars: list[str], tags: list[tuple[int, str]]):
+    """Decode per-token tags into character spans; returns (spans, repair notes)."""
+    offsets, pos = [], 0
+    for c in chars:
+        offsets.append(pos)
+        pos += len(c)
+    spans, repairs = [], []
+    open_label, open_start = None, 0
+
+    def close(end_tok: int):
+        nonlocal open_label
+        if open_label is not None:
+            s, e = offsets[open_start], offsets[end_tok - 1] + len(chars[end_tok - 1])
+            spans.append(Span(s, e, open_label, text[s:e]))
+        open_label = None
+
+    for i, (lineno, tag) in enumerate(tags):
+        if tag == "O":
+            close(i)
+            continue
+        kind, label = _PREFIXES[tag[0]], tag[2:]
+        continues = open_label == label and kind in ("inside", "end")
+        if kind in ("inside", "end") and not continues:
+            repairs.append(f"line {lineno}: {tag} does not continue an open {label} entity; "
+                           "started a new one")
+        if not continues:
+            close(i)
+            open_label, open_start = label, i
+        if kind in ("end", "single"):
+            close(i + 1)
+    close(len(tags))
+    return spans, repairs
+
+
+READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
+    "ccfbdci": lambda p: _json_rows(p, _parse_ccfbdci),
+    "cluener": lambda p: _json_rows(p, _parse_cluener),
+    "canonical": lambda p: _json_rows(p, _parse_canonical),
+    "conll": read_conll,
+}

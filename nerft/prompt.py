@@ -1,0 +1,168 @@
+"""The NER task as the model sees it: instruction, answer format, and the parser back to spans.
+
+This is the one place that knows the answer format. The format follows the worked example in
+SPEC.md: one JSON object per entity, one per line, in sentence order, and a fixed phrase when
+there is no entity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from nerft.data.example import Span
+
+NO_ENTITY = "没有找到任何实体"
+TEXT_KEY = "entity_text"
+LABEL_KEY = "entity_label"
+
+
+@dataclass(frozen=True)
+class Task:
+    """The label set (names the model sees) and the messages built from it."""
+
+    labels: tuple[str, ...]
+
+    def __post_init__(self):
+        if not self.labels:
+            raise ValueError("a task needs at least one label")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"duplicate label names in {self.labels}")
+
+    @property
+    def system_prompt(self) -> str:
+        kinds = "; ".join(self.labels)
+        example = json.dumps({TEXT_KEY: "南京", LABEL_KEY: self.example_label}, ensure_ascii=False)
+        return (
+            f"你是一个文本实体识别领域的专家，你需要从给定的句子中提取 {kinds} 实体. "
+            f"以 json 格式输出, 如 {example} "
+            f"注意: 1. 输出的每一行都必须是正确的 json 字符串. "
+            f'2. 找不到任何实体时, 输出"{NO_ENTITY}".'
+        )
+
+    @property
+    def example_label(self) -> str:
+        # The example entity is a place; show a place-like label when the set has one so the
+        # instruction never demonstrates a wrong answer.
+        for candidate in ("地理实体", "地点", "地址", "地名"):
+            if candidate in self.labels:
+                return candidate
+        return self.labels[0]
+
+    def messages(self, text: str, answer: str | None = None) -> list[dict]:
+        """Chat messages for one sentence; with `answer`, the full training conversation."""
+        msgs = [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": user_message(text)},
+        ]
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": answer})
+        return msgs
+
+
+def user_message(text: str) -> str:
+    return f"文本:{text}"
+
+
+def format_answer(entities: list[Span]) -> str:
+    """Serialise gold entities in sentence order: the text the model is trained to write."""
+    if not entities:
+        return NO_ENTITY
+    ordered = sorted(entities, key=lambda s: (s.start, s.end))
+    return "\n".join(
+        json.dumps({TEXT_KEY: s.text, LABEL_KEY: s.label}, ensure_ascii=False) for s in ordered
+    )
+
+
+@dataclass(frozen=True)
+class ParseIssue:
+    kind: str  # malformed | bad_field | unknown_label | not_in_text | extra_mention
+    detail: str
+
+
+@dataclass
+class ParsedAnswer:
+    """Spans recovered from an answer, and everything that did not parse or did not fit."""
+
+    spans: list[Span] = field(default_factory=list)
+    issues: list[ParseIssue] = field(default_factory=list)
+
+    @property
+    def well_formed(self) -> bool:
+        """True when the answer is entirely in the format (entity texts may still be wrong)."""
+        return not any(i.kind in ("malformed", "bad_field") for i in self.issues)
+
+    @property
+    def hallucinated(self) -> list[str]:
+        """Entity texts the model wrote that do not occur in the sentence."""
+        return [i.detail for i in self.issues if i.kind == "not_in_text"]
+
+
+def parse_answer(answer: str, sentence: str, labels: tuple[str, ...] | None = None) -> ParsedAnswer:
+    """Turn an answer back into spans of `sentence`.
+
+    Objects may be separated by newlines or written back to back (the worked example's own
+    output). A mention is placed at the first occurrence of its text, at or after the previous
+    mention of the same text, that does not overlap a span already placed: repeated mentions
+    map to successive occurrences in order.
+    """
+    result = ParsedAnswer()
+    body = answer.strip()
+    if body == NO_ENTITY or body == "":
+        if body == "":
+            result.issues.append(ParseIssue("malformed", "empty answer"))
+        return result
+
+    decoder = json.JSONDecoder()
+    taken: list[tuple[int, int]] = []
+    cursor: dict[str, int] = {}
+    pos = 0
+    while pos < len(body):
+        while pos < len(body) and body[pos] in " \t\r\n":
+            pos += 1
+        if pos >= len(body):
+            break
+        try:
+            obj, end = decoder.raw_decode(body, pos)
+        except json.JSONDecodeError:
+            line_end = body.find("\n", pos)
+            line_end = len(body) if line_end < 0 else line_end
+            fragment = body[pos:line_end]
+            kind = "malformed"
+            if fragment.strip() == NO_ENTITY:
+                detail = "no-entity phrase mixed with entities"
+            else:
+                detail = f"not JSON: {fragment[:60]!r}"
+            result.issues.append(ParseIssue(kind, detail))
+            pos = line_end + 1
+            continue
+        pos = end
+        _place_mention(obj, sentence, labels, result, taken, cursor)
+    result.spans.sort()
+    return result
+
+
+def _place_mention(obj, sentence, labels, result: ParsedAnswer, taken, cursor) -> None:
+    if not isinstance(obj, dict):
+        result.issues.append(ParseIssue("bad_field", f"expected an object, got {obj!r:.60}"))
+        return
+    text, label = obj.get(TEXT_KEY), obj.get(LABEL_KEY)
+    if not isinstance(text, str) or not text or not isinstance(label, str):
+        result.issues.append(
+            ParseIssue("bad_field", f"needs string {TEXT_KEY!r} and {LABEL_KEY!r}: {obj!r:.80}")
+        )
+        return
+    if labels is not None and label not in labels:
+        result.issues.append(ParseIssue("unknown_label", label))
+        return
+    start = sentence.find(text, cursor.get(text, 0))
+    while start >= 0 and any(start < e and s < start + len(text) for s, e in taken):
+        start = sentence.find(text, start + 1)
+    if start < 0:
+        kind = "extra_mention" if text in sentence else "not_in_text"
+        result.issues.append(ParseIssue(kind, text))
+        return
+    end = start + len(text)
+    taken.append((start, end))
+    cursor[text] = end
+    result.spans.append(Span(start, end, label, text))
