@@ -102,9 +102,10 @@ def parse_answer(answer: str, sentence: str, labels: tuple[str, ...] | None = No
     """Turn an answer back into spans of `sentence`.
 
     Objects may be separated by newlines or written back to back (the worked example's own
-    output). A mention is placed at the first occurrence of its text, at or after the previous
-    mention of the same text, that does not overlap a span already placed: repeated mentions
-    map to successive occurrences in order.
+    output). A mention is placed at the first occurrence of its text that does not overlap a
+    span already placed, searching first after the previous mention (answers are in sentence
+    order), then after the previous mention of the same text: repeated mentions map to
+    successive occurrences in order.
     """
     result = ParsedAnswer()
     body = answer.strip()
@@ -155,9 +156,11 @@ def _place_mention(obj, sentence, labels, result: ParsedAnswer, taken, cursor) -
     if labels is not None and label not in labels:
         result.issues.append(ParseIssue("unknown_label", label))
         return
-    start = sentence.find(text, cursor.get(text, 0))
-    while start >= 0 and any(start < e and s < start + len(text) for s, e in taken):
-        start = sentence.find(text, start + 1)
+    # Answers list entities in sentence order, so look after the previous mention first; an
+    # answer out of order still finds its text from the start.
+    start = _free_occurrence(sentence, text, max(cursor.get(text, 0), cursor.get("", 0)), taken)
+    if start < 0:
+        start = _free_occurrence(sentence, text, cursor.get(text, 0), taken)
     if start < 0:
         kind = "extra_mention" if text in sentence else "not_in_text"
         result.issues.append(ParseIssue(kind, text))
@@ -165,4 +168,12 @@ def _place_mention(obj, sentence, labels, result: ParsedAnswer, taken, cursor) -
     end = start + len(text)
     taken.append((start, end))
     cursor[text] = end
+    cursor[""] = start  # "" is never an entity text: it holds the previous mention's start
     result.spans.append(Span(start, end, label, text))
+
+
+def _free_occurrence(sentence: str, text: str, begin: int, taken) -> int:
+    start = sentence.find(text, begin)
+    while start >= 0 and any(start < e and s < start + len(text) for s, e in taken):
+        start = sentence.find(text, start + 1)
+    return start

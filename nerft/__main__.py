@@ -1,0 +1,3 @@
+from nerft.cli import main
+
+main()

@@ -1,0 +1,196 @@
+"""`nerft data prepare`: read corpora, clean, de-duplicate, split, write, and count everything.
+
+Invariant, checked before anything is written: for every input file
+rows read = kept + rejected (dropped) + duplicates removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nerft.data.clean import clean_example
+from nerft.data.example import Example, Rejection, write_jsonl
+from nerft.data.labels import label_map_for
+from nerft.data.readers import DataError, read_file
+from nerft.data.split import SPLITS, assign_splits, split_from_name
+from nerft.data.stats import split_stats
+
+_PRIORITY = {"test": 0, "val": 1, "train": 2, None: 3}
+
+
+@dataclass
+class FileCount:
+    file: str
+    format: str
+    sha256: str
+    declared_split: str | None
+    read: int = 0
+    kept: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    repaired: int = 0
+
+
+@dataclass
+class Prepared:
+    splits: dict[str, list[Example]]
+    rejections: list[Rejection]
+    files: list[FileCount]
+    labels: list[str]
+    split_policy: str
+    duplicate_counts: Counter = field(default_factory=Counter)
+
+
+def prepare(inputs: list[Path], *, fmt: str | None = None, user_label_map: dict[str, str] | None = None,
+            ratios=(0.7, 0.15, 0.15), seed: int = 42, strict: bool = False,
+            resplit: bool = False) -> Prepared:
+    rejections: list[Rejection] = []
+    files: list[FileCount] = []
+    candidates: list[tuple[int, int, Example]] = []  # (file index, order, example)
+    label_order: list[str] = []
+    for fi, path in enumerate(inputs):
+        path = Path(path)
+        fmt_used, rows = read_file(path, fmt)
+        count = FileCount(str(path), fmt_used, _sha256(path), split_from_name(path))
+        files.append(count)
+        label_map = label_map_for(fmt_used, user_label_map or {})
+        if label_map:
+            label_order.extend(label_map.values())
+        repaired_by_reader = False  # a reader's repair notes come just before their example
+        for row in rows:
+            if isinstance(row, Rejection):
+                if row.action == "dropped":
+                    count.read += 1
+                    _drop(row, count, rejections, strict)
+                else:
+                    rejections.append(row)
+                    repaired_by_reader = True
+                continue
+            count.read += 1
+            cleaned, notes = clean_example(row, label_map)
+            for note in notes:
+                if note.action == "dropped":
+                    _drop(note, count, rejections, strict)
+                else:
+                    rejections.append(note)
+            if cleaned is not None:
+                count.repaired += repaired_by_reader or bool(notes)
+                candidates.append((fi, len(candidates), cleaned))
+            repaired_by_reader = False
+
+    declared = {f.declared_split for f in files}
+    keep_file_splits = "train" in declared and not resplit
+    # Where the same text appears twice, keep the copy from the most held-out split so that the
+    # evaluation sets stay whole and training loses the leaking copy.
+    if keep_file_splits:
+        candidates.sort(key=lambda c: (_PRIORITY[files[c[0]].declared_split], c[1]))
+    unique = _deduplicate(candidates, files, rejections)
+    for fi, _, _ in unique:
+        files[fi].kept += 1
+
+    reading_order = {id(ex): order for _, order, ex in unique}
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    if keep_file_splits:
+        policy, by_split = _keep_file_splits(unique, files, ratios, seed)
+        splits.update(by_split)
+    else:
+        policy = "resplit: " + ("asked by --resplit" if resplit else
+                                "no input declares a train split") + f", ratios {ratios}, seed {seed}"
+        for (fi, order, ex), name in zip(unique, assign_splits(len(unique), ratios, seed)):
+            splits[name].append(ex)
+    for name in splits:
+        splits[name].sort(key=lambda ex: reading_order[id(ex)])  # output in input order
+
+    for f in files:
+        if f.read != f.kept + f.rejected + f.duplicates:
+            raise AssertionError(f"count mismatch for {f.file}: {f}")  # a bug, never bad input
+    seen = {s.label for exs in splits.values() for ex in exs for s in ex.entities}
+    labels = list(dict.fromkeys([l for l in label_order if l in seen] + sorted(seen)))
+    dup_counts = Counter(r.reason for r in rejections if r.reason.endswith("duplicate"))
+    return Prepared(splits, rejections, files, labels, policy, dup_counts)
+
+
+def _drop(rej: Rejection, count: FileCount, rejections: list[Rejection], strict: bool) -> None:
+    if strict:
+        raise DataError(rej.one_line())
+    count.rejected += 1
+    rejections.append(rej)
+
+
+def _deduplicate(candidates, files, rejections):
+    first: dict[str, Example] = {}
+    unique = []
+    for fi, order, ex in candidates:
+        kept = first.get(ex.text)
+        if kept is None:
+            first[ex.text] = ex
+            unique.append((fi, order, ex))
+            continue
+        same = [(s.start, s.end, s.label) for s in kept.entities] == \
+               [(s.start, s.end, s.label) for s in ex.entities]
+        reason = "duplicate" if same else "conflicting_duplicate"
+        file, _, line = ex.origin.rpartition(":")
+        rejections.append(Rejection(file, int(line) if line.isdigit() else 0, reason,
+                                    f"same text as {kept.origin}" +
+                                    ("" if same else " but different entities")))
+        files[fi].duplicates += 1
+    return unique
+
+
+def _keep_file_splits(unique, files, ratios, seed):
+    by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for fi, _, ex in unique:
+        by_split[files[fi].declared_split or "train"].append(ex)
+    missing = [s for s in ("val", "test") if not by_split[s]]
+    if not missing:
+        return "kept the inputs' own splits", by_split
+    # Carve the missing splits out of train in the proportions the ratios give them.
+    share = dict(zip(SPLITS, ratios))
+    total = share["train"] + sum(share[m] for m in missing)
+    local = tuple(share[s] / total if s == "train" or s in missing else 0.0 for s in SPLITS)
+    train = by_split["train"]
+    by_split["train"] = []
+    for ex, name in zip(train, assign_splits(len(train), local, seed)):
+        by_split[name].append(ex)
+    return f"kept the inputs' own splits; {' and '.join(missing)} carved from train (seed {seed})", by_split
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_prepared(prep: Prepared, out: Path, *, ratios, seed) -> dict:
+    """Write the three splits, rejected.jsonl and stats.json; return the stats."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, exs in prep.splits.items():
+        write_jsonl(out / f"{name}.jsonl", (ex.to_dict() for ex in exs))
+    write_jsonl(out / "rejected.jsonl", (r.to_dict() for r in prep.rejections))
+    dropped = Counter(r.reason for r in prep.rejections
+                      if r.action == "dropped" and not r.reason.endswith("duplicate"))
+    repaired = Counter(r.reason for r in prep.rejections if r.action == "repaired")
+    totals = {k: sum(getattr(f, k) for f in prep.files)
+              for k in ("read", "kept", "rejected", "duplicates", "repaired")}
+    stats = {
+        "inputs": [vars(f) for f in prep.files],
+        "totals": totals,
+        "dropped_by_reason": dict(dropped),
+        "repaired_by_reason": dict(repaired),
+        "duplicates_by_kind": dict(prep.duplicate_counts),
+        "labels": prep.labels,
+        "split_policy": prep.split_policy,
+        "ratios": list(ratios),
+        "seed": seed,
+        "splits": {name: split_stats(exs, prep.labels) for name, exs in prep.splits.items()},
+    }
+    tmp = out / "stats.json.tmp"
+    tmp.write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
+    tmp.replace(out / "stats.json")
+    return stats

@@ -1,0 +1,88 @@
+from collections import Counter
+
+import pytest
+
+from nerft.data.example import Span, read_examples
+from nerft.data.prepare import prepare
+from nerft.prompt import NO_ENTITY, Task, format_answer, parse_answer
+
+SENT = "菲律宾总统埃斯特拉达在马尼拉说，菲律宾人质获救。"
+GOLD = [Span(0, 3, "地理实体", "菲律宾"), Span(5, 10, "人名", "埃斯特拉达"),
+        Span(11, 14, "地理实体", "马尼拉"), Span(16, 19, "地理实体", "菲律宾")]
+LABELS = ("地点", "人名", "地理实体", "组织")
+
+
+def test_answer_is_one_json_object_per_line_in_sentence_order():
+    answer = format_answer(list(reversed(GOLD)))
+    lines = answer.split("\n")
+    assert lines[0] == '{"entity_text": "菲律宾", "entity_label": "地理实体"}'
+    assert len(lines) == 4 and "埃斯特拉达" in lines[1]
+
+
+def test_no_entity_phrase_round_trips():
+    assert format_answer([]) == NO_ENTITY
+    parsed = parse_answer(NO_ENTITY, SENT, LABELS)
+    assert parsed.spans == [] and parsed.well_formed and not parsed.issues
+
+
+def test_repeated_mentions_map_to_successive_occurrences():
+    parsed = parse_answer(format_answer(GOLD), SENT, LABELS)
+    assert parsed.spans == GOLD and not parsed.issues
+
+
+def test_back_to_back_objects_as_the_worked_example_writes_them():
+    answer = format_answer(GOLD).replace("\n", "")
+    assert parse_answer(answer, SENT, LABELS).spans == GOLD
+
+
+def test_malformed_partial_and_invented_answers_are_reported_not_raised():
+    answer = ('{"entity_text": "马尼拉", "entity_label": "地理实体"}\n'
+              '{"entity_text": "北京", "entity_label": "地理实体"}\n'      # not in the sentence
+              '{"entity_text": "马尼拉", "entity_label": "地理实体"}\n'    # one mention too many
+              '{"entity_text": "菲律宾", "entity_label": "国家"}\n'        # label not in the set
+              '{"entity_text": 3, "entity_label": "人名"}\n'              # wrong field type
+              '{"entity_text": "埃斯特拉达", "entity_la')                   # cut off mid-object
+    parsed = parse_answer(answer, SENT, LABELS)
+    assert parsed.spans == [Span(11, 14, "地理实体", "马尼拉")]
+    kinds = [i.kind for i in parsed.issues]
+    assert kinds == ["not_in_text", "extra_mention", "unknown_label", "bad_field", "malformed"]
+    assert parsed.hallucinated == ["北京"]
+    assert not parsed.well_formed
+
+
+def test_empty_and_prose_answers_are_not_well_formed():
+    assert not parse_answer("", SENT).well_formed
+    assert not parse_answer("这句话里有菲律宾", SENT).well_formed
+
+
+def test_instruction_lists_every_label_and_the_no_entity_phrase():
+    task = Task(LABELS)
+    for label in LABELS:
+        assert label in task.system_prompt
+    assert NO_ENTITY in task.system_prompt
+    msgs = task.messages("句子", "答案")
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+    with pytest.raises(ValueError):
+        Task(("人名", "人名"))
+
+
+@pytest.mark.parametrize("inputs", [
+    ["ccfbdci/ccfbdci.jsonl"],
+    ["CLUENER2020/cluener_public/train.json", "CLUENER2020/cluener_public/dev.json"],
+    ["MSRA/msra_test_bio"],
+    ["PeoplesDaily/example.dev"],
+])
+def test_round_trip_on_real_corpora(shared_data, inputs):
+    prep = prepare([shared_data / p for p in inputs])
+    examples = [ex for split in prep.splits.values() for ex in split]
+    exact = 0
+    for ex in examples:
+        parsed = parse_answer(format_answer(ex.entities), ex.text, tuple(prep.labels))
+        assert not parsed.issues, ex.id
+        # The format names entities by text, not position: the same (text, label) multiset
+        # always comes back; positions differ only where an earlier unannotated occurrence of
+        # the same text exists in the sentence.
+        assert Counter((s.text, s.label) for s in parsed.spans) == \
+            Counter((s.text, s.label) for s in ex.entities), ex.id
+        exact += parsed.spans == sorted(ex.entities)
+    assert exact / len(examples) > 0.995
