@@ -71,6 +71,42 @@ def data_prepare(
     err.print(f"done in {time.perf_counter() - started:.1f}s")
 
 
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_cmd(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config (see configs/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in training.output_dir."),
+):
+    """Fine-tune a model on prepared data; KEY=VALUE arguments override the config.
+
+    \b
+    Examples:
+      nerft train configs/demo-cpu.yaml
+      nerft train configs/demo-cpu.yaml training.lr=2e-4 training.output_dir=runs/lr2e-4
+      nerft train configs/qwen2-1.5b-ccfbdci.yaml method.kind=dora method.top_k_layers=8
+      nerft train configs/demo-cpu.yaml --resume        # after a crash or kill
+    """
+    from nerft.config import ConfigError, load_config
+    from nerft.train.workflow import TrainError, train
+
+    overrides = list(ctx.args)
+    for item in overrides:
+        if "=" not in item:
+            fail(f"unexpected argument {item!r}; overrides look like training.lr=2e-4")
+    try:
+        cfg = load_config(config, overrides)
+        summary = train(cfg, resume=resume)
+    except (ConfigError, TrainError) as e:
+        fail(str(e))
+    out = Console()
+    out.print(f"[bold]done[/]: {summary.steps} steps; run directory {summary.run_dir}")
+    if summary.best_step is not None:
+        before = f"{summary.initial_f1:.4f}" if summary.initial_f1 is not None else "n/a"
+        out.print(f"validation F1: untrained {before} → best {summary.best_f1:.4f} at step "
+                  f"{summary.best_step}" + (" (stopped early)" if summary.stopped_early else ""))
+        out.print(f"best adapter: {summary.run_dir / 'best'}")
+
+
 def _mount_optional_apps() -> None:
     from nerft import model_cli
 

@@ -17,3 +17,19 @@ def shared_data() -> Path:
     if not (path / "ccfbdci" / "ccfbdci.jsonl").is_file():
         pytest.fail(f"real corpora not found at {path}; set NERFT_DATA to the shared data folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The real Qwen BPE tokenizer with a ChatML template (built once, cached)."""
+    from nerft.tiny import qwen_tokenizer as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    """A tiny randomly initialised Qwen2 saved like a real model folder."""
+    from nerft.tiny import tiny_qwen2
+
+    return tiny_qwen2()

@@ -125,9 +125,9 @@ def test_evaluate_round_trips_through_metrics_json(tmp_path):
 
 # ---------------------------------------------------------------- agreement with seqeval
 
-def _ccfbdci(data_dir, rows=2000):
+def _ccfbdci(shared_data, rows=2000):
     examples = []
-    with open(data_dir / "ccfbdci" / "ccfbdci.jsonl", encoding="utf-8") as f:
+    with open(shared_data / "ccfbdci" / "ccfbdci.jsonl", encoding="utf-8") as f:
         for i, line in zip(range(rows), f):
             row = json.loads(line)
             spans = [Span(e["start_idx"], e["end_idx"], e["entity_label"], e["entity_text"])
@@ -136,8 +136,8 @@ def _ccfbdci(data_dir, rows=2000):
     return examples
 
 
-def _msra_test(data_dir):
-    rows = list(read_conll(data_dir / "MSRA" / "msra_test_bio"))
+def _msra_test(shared_data):
+    rows = list(read_conll(shared_data / "MSRA" / "msra_test_bio"))
     examples = [r for r in rows if isinstance(r, Example)]
     assert len(examples) == len(rows) == 3442
     return examples
@@ -179,8 +179,8 @@ def _bio(n: int, spans: list[Span]) -> list[str]:
 
 
 @pytest.mark.parametrize("corpus", ["ccfbdci", "msra"])
-def test_strict_scores_equal_seqeval_on_real_data(data_dir, corpus):
-    golds = _ccfbdci(data_dir) if corpus == "ccfbdci" else _msra_test(data_dir)
+def test_strict_scores_equal_seqeval_on_real_data(shared_data, corpus):
+    golds = _ccfbdci(shared_data) if corpus == "ccfbdci" else _msra_test(shared_data)
     labels = sorted({s.label for ex in golds for s in ex.entities})
     rng = random.Random(20240601)
     preds = [_perturb(ex, labels, rng) for ex in golds]

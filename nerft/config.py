@@ -1,0 +1,154 @@
+"""The training config: one YAML file, typed sections, `key=value` overrides from the command line.
+
+Sections follow the life cycle (data, model, method, training, eval, tracking), one pydantic
+model each, so an unknown key or a wrong type is an error that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A config problem, reported as one line (exit code 2)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dir: Path = Field(description="folder written by `nerft data prepare` (train/val/test.jsonl)")
+    train_limit: Optional[int] = Field(None, ge=1, description="use only the first N training rows")
+    max_length: int = Field(384, ge=16, description="longer rows are dropped, never truncated")
+
+
+class ModelConfig(_Section):
+    source: str = Field(description="local folder, hub id, modelscope:ID, file.gguf, or 'demo'")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class MethodConfig(_Section):
+    kind: Literal["lora", "dora", "full", "freeze"] = "lora"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
+    top_k_layers: Optional[int] = Field(
+        None, ge=1, description="lora/dora: adapt only the top k blocks; freeze: train only them")
+    trainable_modules: list[str] = Field(
+        default_factory=list, description="freeze: also train modules whose name contains these")
+
+
+class TrainingConfig(_Section):
+    output_dir: Path = Path("runs/run")
+    epochs: float = Field(2, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
+    batch_size: int = Field(4, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    packing: Literal["shared_prefix", "flat", "none"] = Field(
+        "shared_prefix", description="shared_prefix: one system prompt per micro-batch row; "
+        "flat: examples back to back; none: padded rows grouped by length")
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on CPU")
+
+
+class EvalConfig(_Section):
+    eval_steps: int = Field(50, ge=1)
+    val_size: int = Field(64, ge=1, description="fixed validation subset for F1 during training")
+    batch_size: int = Field(16, ge=1)
+    early_stopping_patience: Optional[int] = Field(3, ge=1)
+    log_predictions: int = Field(5, ge=0, description="validation rows logged as text")
+    constrained: bool = True
+
+
+class TrackingConfig(_Section):
+    swanlab: Literal["local", "cloud", "off"] = "local"
+
+    @field_validator("swanlab", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML 1.1 reads a bare `off` as false; users mean the mode.
+        return {False: "off", True: "local"}.get(value, value) if isinstance(value, bool) else value
+
+    project: str = "nerft"
+    experiment: Optional[str] = None
+    tensorboard: bool = False
+
+
+class Config(_Section):
+    data: DataConfig
+    model: ModelConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _paths_exist(self):
+        for name in ("train.jsonl", "val.jsonl"):
+            if not (self.data.dir / name).is_file():
+                raise ValueError(f"data.dir: {self.data.dir / name} not found; "
+                                 f"run `nerft data prepare ... --out {self.data.dir}` first")
+        return self
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set `section.key=value` in a raw config dict; the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. training.lr=2e-4)")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections")
+    for item in overrides:
+        apply_override(raw, item)
+    # Relative data paths are relative to where the user runs nerft, like every CLI path.
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        extra = f" ({len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{path}: {where}: {msg}{extra}") from None
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Encoding, packing, the training loop and its callbacks."""

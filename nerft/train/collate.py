@@ -1,0 +1,118 @@
+"""Collators: turn a micro-batch of encoded examples into model inputs.
+
+Three layouts, all giving exactly the gradient of running each example on its own:
+- `shared_prefix`: the micro-batch becomes one row. The token prefix all its examples share (the
+  system turn) is stored once; each example's remaining tokens follow, with position ids that
+  continue after the prefix, and a 4D mask lets each example see the prefix and itself only.
+  On a ~110-token system prompt and ~35-token examples this computes 2-3x fewer tokens.
+- `flat`: examples back to back in one row, position ids restarting at 0 for each; no mask is
+  passed, so transformers finds the boundaries from the position ids (`find_packed_sequence_
+  indices`) and builds a block-diagonal mask on SDPA/eager, or varlen FlashAttention.
+- `none`: right-padded rows with a 2D attention mask (pair with length-grouped batching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nerft.train.encode import IGNORE, Encoded
+
+
+def common_prefix_length(rows: list[list[int]], limit: int) -> int:
+    """Length of the token prefix shared by all rows, at most `limit`."""
+    first = rows[0]
+    n = min(limit, *(len(r) for r in rows))
+    for row in rows[1:]:
+        i = 0
+        while i < n and row[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+@dataclass
+class PackedCollator:
+    layout: str = "shared_prefix"
+    pad_id: int = 0
+    mask_dtype: torch.dtype = torch.float32
+
+    def __call__(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
+        if self.layout == "shared_prefix":
+            return self._shared_prefix(batch)
+        if self.layout == "flat":
+            return self._flat(batch)
+        if self.layout == "none":
+            return self._padded(batch)
+        raise ValueError(f"unknown packing layout {self.layout!r}")
+
+    def _shared_prefix(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
+        # The prefix never reaches into an answer, so no supervised token is shared.
+        p = common_prefix_length([e.input_ids for e in batch], min(e.answer_start for e in batch))
+        ids, labels, positions, segments = list(batch[0].input_ids[:p]), [IGNORE] * p, list(range(p)), []
+        for e in batch:
+            start = len(ids)
+            ids += e.input_ids[p:]
+            labels += e.labels[p:]
+            positions += range(p, len(e))
+            segments.append((start, len(ids)))
+        n = len(ids)
+        allowed = torch.zeros(n, n, dtype=torch.bool)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        allowed[:p, :p] = True
+        for s, t in segments:
+            allowed[s:t, :p] = True
+            allowed[s:t, s:t] = True
+        allowed &= causal
+        mask = torch.zeros(n, n, dtype=self.mask_dtype)
+        mask.masked_fill_(~allowed, torch.finfo(self.mask_dtype).min)
+        return {
+            "input_ids": torch.tensor([ids]),
+            "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions]),
+            "attention_mask": mask[None, None],
+        }
+
+    def _flat(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
+        ids, labels, positions = [], [], []
+        for e in batch:
+            ids += e.input_ids
+            labels += e.labels
+            positions += range(len(e))
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions])}
+
+    def _padded(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
+        n = max(len(e) for e in batch)
+        ids = torch.full((len(batch), n), self.pad_id)
+        labels = torch.full((len(batch), n), IGNORE)
+        attn = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, e in enumerate(batch):
+            ids[i, :len(e)] = torch.tensor(e.input_ids)
+            labels[i, :len(e)] = torch.tensor(e.labels)
+            attn[i, :len(e)] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+
+
+def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items: int | torch.Tensor | None = None):
+    """Cross-entropy on supervised tokens, computing the output layer only where it is needed.
+
+    The output layer (151,936 words) is a quarter of a 0.5B model's compute and most positions
+    are prompt; `logits_to_keep` with explicit indices keeps the call inside the model's own
+    forward, so PEFT, DDP and FSDP wrappers all still see it. Returns (summed loss / num_items,
+    number of supervised tokens).
+    """
+    labels = inputs["labels"]
+    targets = labels[:, 1:]
+    needed = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions predicting a label
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    out = model(**model_inputs, logits_to_keep=needed, use_cache=False)
+    logits = out.logits.float()  # [batch, len(needed), vocab]
+    picked = targets[:, needed]
+    loss_sum = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=IGNORE,
+        reduction="sum")
+    count = (picked != IGNORE).sum()
+    denom = num_items if num_items is not None else count.clamp(min=1)
+    return loss_sum / denom, count

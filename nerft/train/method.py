@@ -1,0 +1,70 @@
+"""Fine-tuning methods: LoRA, DoRA, full fine-tuning, and layer freezing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nerft.config import MethodConfig
+
+
+@dataclass
+class TrainableReport:
+    trainable: int
+    total: int
+
+    def __str__(self) -> str:
+        return (f"trainable parameters: {self.trainable:,} of {self.total:,} "
+                f"({100 * self.trainable / max(self.total, 1):.3f}%)")
+
+
+def num_layers(model) -> int:
+    return model.config.num_hidden_layers
+
+
+def top_layer_indices(model, k: int | None) -> list[int] | None:
+    if k is None:
+        return None
+    n = num_layers(model)
+    if k > n:
+        raise ValueError(f"method.top_k_layers={k} but the model has only {n} layers")
+    return list(range(n - k, n))
+
+
+def apply_method(model, method: MethodConfig):
+    """Return the model prepared for training (a PeftModel for lora/dora) and its report."""
+    if method.kind in ("lora", "dora"):
+        from peft import LoraConfig, get_peft_model
+
+        layers = top_layer_indices(model, method.top_k_layers)
+        lora = LoraConfig(
+            r=method.lora_r, lora_alpha=method.lora_alpha, lora_dropout=method.lora_dropout,
+            target_modules=method.target_modules, layers_to_transform=layers,
+            use_dora=method.kind == "dora", task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    elif method.kind == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif method.kind == "freeze":
+        layers = set(top_layer_indices(model, method.top_k_layers) or [])
+        if not layers and not method.trainable_modules:
+            raise ValueError("method.kind=freeze needs method.top_k_layers and/or "
+                             "method.trainable_modules, or nothing would train")
+        for name, p in model.named_parameters():
+            p.requires_grad_(_in_layers(name, layers) or
+                             any(m in name for m in method.trainable_modules))
+    else:
+        raise ValueError(f"unknown method {method.kind!r}")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ValueError("no parameter is trainable with this method config")
+    total = sum(p.numel() for p in model.parameters())
+    return model, TrainableReport(trainable, total)
+
+
+def _in_layers(name: str, layers: set[int]) -> bool:
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == "layers" and parts[i + 1].isdigit():
+            return int(parts[i + 1]) in layers
+    return False

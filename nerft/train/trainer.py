@@ -1,0 +1,133 @@
+"""The HF Trainer, taught three things: answer-only loss, F1 validation, atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from nerft.data.example import Example
+from nerft.eval.metrics import score_corpus
+from nerft.infer.generate import generate_answers
+from nerft.prompt import Task, parse_answer
+from nerft.train.collate import answer_only_loss
+from nerft.train.run_dir import write_json_atomic
+
+
+@dataclass
+class Validation:
+    """Greedy generation on a fixed validation subset, scored with the task's own parser."""
+
+    task: Task
+    tokenizer: object
+    examples: list[Example]
+    batch_size: int = 16
+    log_predictions: int = 5
+    logits_processor_factory: object = None
+    last_predictions: list[dict] = field(default_factory=list)
+
+    def __call__(self, model) -> dict[str, float]:
+        texts = [ex.text for ex in self.examples]
+        answers = generate_answers(model, self.tokenizer, self.task, texts,
+                                   batch_size=self.batch_size,
+                                   logits_processor_factory=self.logits_processor_factory)
+        parsed = [parse_answer(a, t, self.task.labels) for a, t in zip(answers, texts)]
+        micro = score_corpus([ex.entities for ex in self.examples], [x.spans for x in parsed],
+                             "strict").micro
+        self.last_predictions = [
+            {"text": ex.text, "answer": a,
+             "gold": [(s.text, s.label) for s in ex.entities]}
+            for ex, a in zip(self.examples[:self.log_predictions], answers)]
+        return {"precision": micro.precision, "recall": micro.recall, "f1": micro.f1,
+                "parse_rate": sum(x.well_formed for x in parsed) / max(len(parsed), 1)}
+
+
+class NerTrainer(Trainer):
+    def __init__(self, *args, validation: Validation | None = None, run_dir: Path,
+                 early_stopping_patience: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.validation = validation
+        self.run_dir = Path(run_dir)
+        self.patience = early_stopping_patience
+        # Our loss is already a sum over the accumulated batch divided by its supervised-token
+        # count (`num_items_in_batch`), so the Trainer must not divide it again.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, _ = answer_only_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        loader = self.get_eval_dataloader(eval_dataset)
+        output = self.evaluation_loop(loader, description="Validation", prediction_loss_only=True,
+                                      metric_key_prefix=metric_key_prefix)
+        metrics = dict(output.metrics)
+        if self.validation is not None:
+            scores = self.validation(self.model)
+            metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
+            self._keep_best(metrics[f"{metric_key_prefix}_f1"], metrics)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _keep_best(self, f1: float, metrics: dict) -> None:
+        state = self.state
+        if state.best_metric is None or f1 > state.best_metric:
+            state.best_metric = f1
+            state.best_global_step = state.global_step
+            self._save_best(metrics)
+        elif self.patience is not None:
+            evals_since_best = sum(1 for h in state.log_history
+                                   if "eval_f1" in h and h["step"] > state.best_global_step) + 1
+            if evals_since_best >= self.patience:
+                self.control.should_training_stop = True
+                state.stopped_early_at = state.global_step  # read by the run summary
+
+    def _save_best(self, metrics: dict) -> None:
+        target = self.run_dir / "best"
+        staging = self.run_dir / ".best.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.model.save_pretrained(staging)
+        write_json_atomic(staging / "scores.json", {"step": self.state.global_step, **metrics})
+        old = self.run_dir / ".best.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    # A checkpoint is written into a staging folder and renamed into place, so `--resume` after
+    # a kill never finds half a checkpoint.
+    def _save_checkpoint(self, model, trial):
+        self._staging = Path(self.args.output_dir) / ".staging"
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._staging.mkdir(parents=True)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            staging, self._staging = self._staging, None
+        for folder in staging.iterdir():
+            os.replace(folder, Path(self.args.output_dir) / folder.name)
+        staging.rmdir()
+        self._rotate()
+
+    def _get_output_dir(self, trial):
+        staging = getattr(self, "_staging", None)
+        return str(staging) if staging is not None else super()._get_output_dir(trial)
+
+    def _rotate(self) -> None:
+        limit = self.args.save_total_limit
+        folders = sorted(Path(self.args.output_dir).glob("checkpoint-*"),
+                         key=lambda p: int(p.name.split("-")[-1]))
+        for old in folders[:-limit] if limit else []:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""Packing must not change the loss: every layout equals running examples one by one."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from nerft.data.example import read_examples
+from nerft.prompt import Task
+from nerft.train.collate import PackedCollator, answer_only_loss, common_prefix_length
+from nerft.train.encode import encode_examples
+
+
+@pytest.fixture(scope="module")
+def model_and_batch(tiny_model_dir, qwen_tokenizer, shared_data, tmp_path_factory):
+    from nerft.data.prepare import prepare
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    # Random init gives near-uniform logits that hide mask mistakes; sharpen the weights so a
+    # token attending to the wrong context changes the loss visibly.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0)
+    prep = prepare([shared_data / "PeoplesDaily" / "example.dev"])
+    examples = [ex for ex in prep.splits["train"] if ex.entities][:6]
+    task = Task(tuple(prep.labels))
+    encoded, _ = encode_examples(qwen_tokenizer, task, examples, max_length=512)
+    return model, encoded
+
+
+def token_mean_one_by_one(model, encoded):
+    total, count = 0.0, 0
+    for e in encoded:
+        loss, n = answer_only_loss(model, PackedCollator("none")([e]))
+        total += float(loss) * int(n)
+        count += int(n)
+    return total / count
+
+
+@pytest.mark.parametrize("layout", ["shared_prefix", "flat", "none"])
+def test_packed_loss_equals_one_by_one(model_and_batch, layout):
+    model, encoded = model_and_batch
+    with torch.no_grad():
+        reference = token_mean_one_by_one(model, encoded)
+        loss, n = answer_only_loss(model, PackedCollator(layout)(encoded))
+    assert n == sum(sum(l != -100 for l in e.labels) for e in encoded)
+    assert abs(float(loss) - reference) < 1e-4
+
+
+def test_a_wrong_mask_would_be_caught(model_and_batch):
+    """Guard for the test above: attention across examples does change the loss."""
+    model, encoded = model_and_batch
+    batch = PackedCollator("shared_prefix")(encoded)
+    batch.pop("attention_mask")  # plain causal attention over the whole packed row
+    batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None]
+    with torch.no_grad():
+        leaky, _ = answer_only_loss(model, batch)
+        reference = token_mean_one_by_one(model, encoded)
+    assert abs(float(leaky) - reference) > 1e-3
+
+
+def test_shared_prefix_stores_the_system_turn_once(model_and_batch):
+    _, encoded = model_and_batch
+    p = common_prefix_length([e.input_ids for e in encoded], min(e.answer_start for e in encoded))
+    assert p > 50  # the system prompt
+    shared = PackedCollator("shared_prefix")(encoded)["input_ids"].shape[1]
+    flat = PackedCollator("flat")(encoded)["input_ids"].shape[1]
+    assert shared == flat - (len(encoded) - 1) * p
+
+
+def test_answer_only_logits_give_the_full_logits_loss(model_and_batch):
+    model, encoded = model_and_batch
+    batch = PackedCollator("none")(encoded)
+    with torch.no_grad():
+        ours, _ = answer_only_loss(model, batch)
+        full = model(**batch).loss  # transformers' own shifted cross-entropy on all positions
+    assert abs(float(ours) - float(full)) < 1e-4
+
+
+def test_gradients_match_too(model_and_batch):
+    model, encoded = model_and_batch
+    weight = model.model.layers[0].self_attn.q_proj.weight
+
+    def grad_of(batch):
+        model.zero_grad()
+        loss, _ = answer_only_loss(model, batch, num_items=1)  # summed loss
+        loss.backward()
+        return weight.grad.clone()
+
+    packed = grad_of(PackedCollator("shared_prefix")(encoded))
+    separate = sum(grad_of(PackedCollator("none")([e])) for e in encoded)
+    assert float((packed - separate).norm() / separate.norm()) < 1e-5

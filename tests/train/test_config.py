@@ -1,0 +1,55 @@
+import subprocess
+import sys
+
+import pytest
+
+from nerft.config import ConfigError, load_config
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        (d / name).write_text('{"id": "1", "text": "北京", "entities": []}\n', encoding="utf-8")
+    return d
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults_and_overrides(tmp_path, data_dir):
+    p = write(tmp_path, f"data: {{dir: {data_dir}}}\nmodel: {{source: demo}}\ntracking: {{swanlab: off}}\n")
+    cfg = load_config(p, ["training.lr=2e-4", "method.target_modules=[q_proj]"])
+    assert cfg.training.lr == 2e-4 and cfg.method.target_modules == ["q_proj"]
+    assert cfg.method.lora_r == 8 and cfg.training.packing == "shared_prefix"
+    assert cfg.tracking.swanlab == "off"  # YAML's bare `off` is false; still the mode
+
+
+@pytest.mark.parametrize("body, override, message", [
+    ("training: {lrr: 1}", [], "training.lrr: unknown key"),
+    ("training: {lr: fast}", [], "training.lr: Input should be a valid number"),
+    ("", ["method.kind=prefix"], "method.kind: Input should be"),
+    ("", ["training.lr"], "is not KEY=VALUE"),
+])
+def test_errors_name_the_key(tmp_path, data_dir, body, override, message):
+    p = write(tmp_path, f"data: {{dir: {data_dir}}}\nmodel: {{source: demo}}\n{body}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(p, override)
+
+
+def test_missing_data_file_says_what_to_run(tmp_path):
+    p = write(tmp_path, f"data: {{dir: {tmp_path / 'nowhere'}}}\nmodel: {{source: demo}}\n")
+    with pytest.raises(ConfigError, match="train.jsonl not found; run `nerft data prepare"):
+        load_config(p)
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path, data_dir):
+    p = write(tmp_path, f"data: {{dir: {data_dir}}}\nmodel: {{source: demo}}\nbogus: 1\n")
+    res = subprocess.run([sys.executable, "-m", "nerft", "train", str(p)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "bogus: unknown key" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
