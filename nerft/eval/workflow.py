@@ -1,0 +1,85 @@
+"""`nerft eval`: predict a split with one or two models, score, and write the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from nerft.data.example import Example, read_examples, write_jsonl
+from nerft.eval import EvalResult, evaluate
+from nerft.prompt import parse_answer
+
+
+class EvalInputError(Exception):
+    """Bad data or model reference: one line, exit code 2."""
+
+
+@dataclass
+class ModelEval:
+    name: str
+    result: EvalResult
+    predictions: list[dict]
+    seconds: float
+
+
+def load_split(data: Path, split: str, limit: int | None) -> tuple[list[Example], tuple[str, ...] | None]:
+    """Examples of a prepared folder's split (or a canonical JSONL file), and its label set."""
+    data = Path(data)
+    path = data / f"{split}.jsonl" if data.is_dir() else data
+    if not path.is_file():
+        raise EvalInputError(f"{path}: not found; pass a folder from `nerft data prepare` or a "
+                             "canonical .jsonl file")
+    try:
+        examples = list(read_examples(path))[:limit]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise EvalInputError(f"{path}: not canonical JSONL ({e}); run `nerft data prepare` on it") from None
+    if not examples:
+        raise EvalInputError(f"{path}: no rows")
+    labels = None
+    stats = path.parent / "stats.json"
+    if stats.is_file():
+        labels = tuple(json.loads(stats.read_text(encoding="utf-8")).get("labels") or ()) or None
+    return examples, labels
+
+
+def evaluate_model(model_ref: str, examples: list[Example], labels: tuple[str, ...] | None, *,
+                   name: str, batch_size: int = 16, constrained: bool = True,
+                   progress=None) -> ModelEval:
+    import time
+
+    from nerft.infer.generate import generate_answers
+    from nerft.infer.predict import load_for_inference
+
+    model, tokenizer, task = load_for_inference(model_ref, labels=labels)
+    started = time.perf_counter()
+    answers = generate_answers(model, tokenizer, task, [ex.text for ex in examples],
+                               batch_size=batch_size, constrained=constrained, progress=progress)
+    seconds = time.perf_counter() - started
+    parsed = [parse_answer(a, ex.text, task.labels) for a, ex in zip(answers, examples)]
+    result = evaluate(examples, [p.spans for p in parsed], parsed)
+    predictions = [{"id": ex.id, "text": ex.text, "answer": a,
+                    "entities": [s.to_dict() for s in p.spans],
+                    "gold": [s.to_dict() for s in ex.entities]}
+                   for ex, a, p in zip(examples, answers, parsed)]
+    return ModelEval(name, result, predictions, seconds)
+
+
+def write_outputs(evals: list[ModelEval], out_dir: Path, title: str) -> tuple[Path, Path]:
+    from nerft.eval import render_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, ev in enumerate(evals):
+        suffix = "" if i == 0 else f"-{_slug(ev.name)}"
+        ev.result.write_json(out_dir / f"metrics{suffix}.json")
+        write_jsonl(out_dir / f"predictions{suffix}.jsonl", ev.predictions)
+    return render_report({ev.name: ev.result for ev in evals}, out_dir, title=title)
+
+
+def model_name(ref: str) -> str:
+    path = Path(ref)
+    return path.name if path.exists() else ref
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
