@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(
-    help="Fine-tune chat LLMs into Chinese named-entity recognisers: data → train → eval → serve.",
+    help="Fine-tune chat LLMs into Chinese named-entity recognisers: data → train → eval.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

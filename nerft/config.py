@@ -73,6 +73,7 @@ class TrainingConfig(_Section):
 
 class EvalConfig(_Section):
     eval_steps: int = Field(50, ge=1)
+    at_start: bool = Field(True, description="score the untrained model first (step 0)")
     val_size: int = Field(64, ge=1, description="fixed validation subset for F1 during training")
     batch_size: int = Field(16, ge=1)
     early_stopping_patience: Optional[int] = Field(3, ge=1)

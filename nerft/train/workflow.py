@@ -111,7 +111,7 @@ def train(config: Config, *, resume: bool = False, console: Console | None = Non
         num_train_epochs=t.epochs, max_steps=t.max_steps,
         lr_scheduler_type=t.scheduler, warmup_steps=round(t.warmup_ratio * total_steps),
         logging_steps=t.logging_steps,
-        eval_strategy="steps", eval_steps=config.eval.eval_steps, eval_on_start=not resume,
+        eval_strategy="steps", eval_steps=config.eval.eval_steps, eval_on_start=config.eval.at_start and not resume,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         seed=t.seed, data_seed=t.seed,
         gradient_checkpointing=t.gradient_checkpointing,
