@@ -15,7 +15,7 @@ from nerft.eval.metrics import score_corpus
 from nerft.infer.generate import generate_answers
 from nerft.prompt import Task, parse_answer
 from nerft.train.collate import answer_only_loss
-from nerft.train.run_dir import write_json_atomic
+from nerft.train.run_dir import append_metrics, write_json_atomic
 
 
 @dataclass
@@ -76,6 +76,9 @@ class NerTrainer(Trainer):
             scores = self.validation(self.model)
             metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
             self._keep_best(metrics[f"{metric_key_prefix}_f1"], metrics)
+            for row in self.validation.last_predictions:  # readable without any tracker
+                append_metrics(self.run_dir / "val_predictions.jsonl",
+                               {"step": self.state.global_step, **row})
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

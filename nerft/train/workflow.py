@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -133,8 +134,13 @@ def train(config: Config, *, resume: bool = False, console: Console | None = Non
             run_dir / "swanlog", validation))
     if config.tracking.tensorboard:
         from transformers.integrations import TensorBoardCallback
+        from transformers.integrations.integration_utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise TrainError("tracking.tensorboard needs the tensorboard package: "
+                             "`pip install tensorboard`")
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")  # read by the callback
         callbacks.append(TensorBoardCallback())
-        args.logging_dir = str(run_dir / "tensorboard")
 
     trainer = NerTrainer(
         model=model, args=args, train_dataset=train_enc, eval_dataset=val_enc,
