@@ -23,16 +23,6 @@ def write_config(tmp_path, model_dir, data_dir, out):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, shared_data):
-    from nerft.data.prepare import prepare, write_prepared
-
-    out = tmp_path_factory.mktemp("data")
-    prep = prepare([shared_data / "PeoplesDaily" / "example.dev"])
-    write_prepared(prep, out, ratios=(0.7, 0.15, 0.15), seed=42)
-    return out
-
-
 def nerft(*args):
     return [sys.executable, "-m", "nerft", *map(str, args)]
 
