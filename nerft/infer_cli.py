@@ -1,0 +1,116 @@
+"""`nerft predict`: entities of one sentence (a table), of stdin, or of a whole file (JSON lines)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def predict(
+    model: str = typer.Argument(..., metavar="RUN_OR_MODEL",
+                                help="A `nerft train` run directory, a model folder, or a base model "
+                                     "source (demo, hub id, .gguf) for zero-shot use."),
+    text: Optional[str] = typer.Argument(None, help="A sentence; '-' reads sentences from stdin, "
+                                                    "one per line."),
+    input_file: Optional[Path] = typer.Option(None, "--input", "-i",
+                                              help=".jsonl (a \"text\" field per row) or .txt "
+                                                   "(one sentence per line)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Write predictions here as JSON lines "
+                                               "{id, text, entities, answer}."),
+    labels: Optional[str] = typer.Option(None, "--labels",
+                                         help="Comma-separated label names; default: the run's "
+                                              "labels, else 地点,人名,地理实体,组织."),
+    constrain: bool = typer.Option(True, "--constrain/--no-constrain",
+                                   help="Keep answers in the format, entity texts in the sentence."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Sentences per generation batch."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="torch CPU threads (default: torch's choice)."),
+):
+    """Find the entities in sentences with a trained run or any chat model.
+
+    \b
+    Examples:
+      nerft predict runs/ccfbdci "国会外有大约200名警察驻守，防止抗议人群闯入国会。"
+      echo "张三在北京工作。" | nerft predict runs/ccfbdci -
+      nerft predict runs/ccfbdci --input data/ccfbdci/test.jsonl --output preds.jsonl
+      nerft predict demo "李白出生于碎叶城。" --labels 人名,地点 --no-constrain
+    """
+    from nerft.cli import fail
+    from nerft.data.example import write_jsonl
+    from nerft.infer.predict import InferenceError, load_for_inference, predict as run_predict
+    from nerft.infer.predict import read_sentences
+    from nerft.model import ModelSourceError
+
+    if (text is None) == (input_file is None):
+        fail("give either a sentence (or '-' for stdin) or --input FILE, not both or neither")
+    label_set = tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None
+    if labels is not None and not label_set:
+        fail("--labels is empty; give names such as 地点,人名,地理实体,组织")
+    try:
+        if input_file is not None:
+            rows = list(read_sentences(input_file))
+        elif text == "-":
+            rows = [(f"stdin:{n}", line.rstrip("\r\n"))
+                    for n, line in enumerate(sys.stdin, 1) if line.strip()]
+        else:
+            rows = [("argument", text)]
+        if not rows:
+            raise InferenceError("no sentence to read")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        loaded, tokenizer, task = load_for_inference(model, label_set)
+    except (InferenceError, ModelSourceError) as e:
+        fail(str(e))
+    except OSError as e:  # unreadable files, broken adapter folders
+        fail(f"{model}: {e}".splitlines()[0])
+
+    out = Console()
+    err = Console(stderr=True)
+    if input_file is None:
+        preds = run_predict(loaded, tokenizer, task, rows, batch_size=batch_size, constrained=constrain)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=err) as bar:
+            job = bar.add_task("predicting", total=len(rows))
+            preds = run_predict(loaded, tokenizer, task, rows, batch_size=batch_size,
+                                constrained=constrain, progress=lambda n: bar.advance(job, n))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(output, [p.to_dict() for p in preds])
+        found = sum(len(p.entities) for p in preds)
+        err.print(f"{len(preds):,} sentences, {found:,} entities → {output}", highlight=False)
+    else:
+        _print(out, preds)
+
+
+def _print(console: Console, preds) -> None:
+    several = len(preds) > 1
+    if not several:
+        console.print(preds[0].text, highlight=False)
+        if not preds[0].entities:
+            console.print("no entity found")
+            return
+    table = Table()
+    if several:
+        table.add_column("sentence")
+    for name, justify in (("start", "right"), ("end", "right"), ("label", "left"), ("text", "left")):
+        table.add_column(name, justify=justify)
+    for p in preds:
+        if not p.entities and several:
+            table.add_row(p.id, "", "", "", "(no entity)")
+        for e in p.entities:
+            table.add_row(*([p.id] if several else []), str(e.start), str(e.end), e.label, e.text)
+    console.print(table)

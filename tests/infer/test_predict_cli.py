@@ -1,0 +1,140 @@
+"""`nerft predict` end to end on a tiny run directory: one sentence, a text file, stdin."""
+
+import json
+
+import pytest
+import torch
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from nerft.infer.predict import load_for_inference
+from nerft.infer_cli import predict
+
+LABELS = ["地点", "人名", "地理实体", "组织"]
+SENTENCE = "国会外有大约200名警察驻守，防止抗议人群闯入国会。"
+
+
+@pytest.fixture(scope="module")
+def cli():
+    app = typer.Typer()
+    app.command()(predict)
+    runner = CliRunner()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 2-layer model: threads only add synchronisation
+    yield lambda args, stdin=None: runner.invoke(app, [str(a) for a in args], input=stdin)
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir):
+    """What `nerft train` leaves behind: config, run.json, and a LoRA adapter in best/."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path_factory.mktemp("run")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                               task_type="CAUSAL_LM"))
+        with torch.no_grad():  # a non-zero B so the adapter really changes the model
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02)
+    lora.save_pretrained(run / "best")
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"dir": "data/gone"}, "model": {"source": str(tiny_model_dir), "dtype": "float32"}}),
+        encoding="utf-8")
+    (run / "run.json").write_text(json.dumps({"labels": LABELS}, ensure_ascii=False), encoding="utf-8")
+    return run
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return load_for_inference(str(run_dir))
+
+
+def test_load_for_inference_reads_the_run(loaded, tiny_model_dir):
+    model, _, task = loaded
+    assert task.labels == tuple(LABELS)
+    base, _, zero_shot = load_for_inference(str(tiny_model_dir), ["人名", "地点"])
+    assert zero_shot.labels == ("人名", "地点")
+    # The adapter is merged into the weights, so the run's model differs from its base.
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(model.state_dict()[name], base.state_dict()[name])
+
+
+def test_full_model_in_best_loads_with_the_base_tokenizer(tmp_path, run_dir, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "full"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(run / "best")  # no tokenizer
+    for name in ("config.yaml", "run.json"):
+        (run / name).write_bytes((run_dir / name).read_bytes())
+    model, tokenizer, task = load_for_inference(str(run), ["人名"])
+    assert task.labels == ("人名",)  # explicit labels win over run.json
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 151_645 and not hasattr(model, "peft_config")
+
+
+def test_one_sentence_prints_its_entities(cli, run_dir, loaded):
+    from nerft.infer.predict import predict as predict_rows
+
+    # This random adapter finds nothing in the first sentence and an "entity" in the second.
+    texts = [SENTENCE, "张三在北京大学读书。"]
+    expected = predict_rows(*loaded, [("x", t) for t in texts])
+    assert not expected[0].entities and expected[1].entities
+    for text, pred in zip(texts, expected):
+        result = cli([run_dir, text])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith(text + "\n")
+        assert ("no entity found" in result.stdout) == (not pred.entities)
+        for e in pred.entities:
+            assert f"│ {e.start:>5} │ {e.end:>3} │ {e.label}" in result.stdout and e.text in result.stdout
+
+
+def test_text_file_to_jsonl(cli, run_dir, tmp_path):
+    lines = [SENTENCE, "张三在北京大学读书。", "", '他说"你好"。']
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "preds.jsonl"
+    result = cli([run_dir, "--input", source, "--output", out, "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == [t for t in lines if t]
+    assert [r["id"] for r in rows] == ["in:1", "in:2", "in:4"]
+    for r in rows:
+        assert set(r) == {"id", "text", "entities", "answer"} and r["answer"]
+        for e in r["entities"]:
+            assert r["text"][e["start"]:e["end"]] == e["text"] and e["label"] in LABELS
+
+
+def test_jsonl_input_and_unconstrained(cli, run_dir, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "a", "text": "张三在北京。", "entities": []}, ensure_ascii=False)
+                      + "\n", encoding="utf-8")
+    out = tmp_path / "preds.jsonl"
+    result = cli([run_dir, "-i", source, "-o", out, "--no-constrain"])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert row["id"] == "a" and row["text"] == "张三在北京。"
+
+
+def test_stdin_sentences(cli, run_dir):
+    result = cli([run_dir, "-"], stdin="张三在北京。\n\n李四去了上海。\n")
+    assert result.exit_code == 0, result.output
+    assert "stdin:1" in result.stdout and "stdin:3" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}", "句子"], "is not an existing folder"),
+    (["{run}"], "give either a sentence"),
+    (["{run}", "句子", "--input", "x.txt"], "give either a sentence"),
+    (["{run}", "--input", "{run}/nothing.jsonl"], "no such file"),
+    (["{run}", "句子", "--labels", " , "], "--labels is empty"),
+])
+def test_errors_are_one_line_with_exit_code_2(cli, run_dir, tmp_path, args, message):
+    args = [a.format(run=run_dir, missing=tmp_path / "missing") for a in args]
+    result = cli(args)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
