@@ -12,11 +12,11 @@ from rich.table import Table
 
 
 def predict(
-    model: str = typer.Argument(..., metavar="RUN_OR_MODEL",
-                                help="A `nerft train` run directory, a model folder, or a base model "
-                                     "source (demo, hub id, .gguf) for zero-shot use."),
-    text: Optional[str] = typer.Argument(None, help="A sentence; '-' reads sentences from stdin, "
-                                                    "one per line."),
+    run_or_model: str = typer.Argument(
+        ..., metavar="RUN_OR_MODEL", help="A `nerft train` run directory, a model folder, or a base "
+        "model source (demo, hub id, .gguf) for zero-shot use."),
+    text: Optional[str] = typer.Argument(
+        None, metavar="TEXT", help="A sentence; '-' reads sentences from stdin, one per line."),
     input_file: Optional[Path] = typer.Option(None, "--input", "-i",
                                               help=".jsonl (a \"text\" field per row) or .txt "
                                                    "(one sentence per line)."),
@@ -69,11 +69,11 @@ def predict(
             import torch
 
             torch.set_num_threads(threads)
-        loaded, tokenizer, task = load_for_inference(model, label_set)
+        loaded, tokenizer, task = load_for_inference(run_or_model, label_set)
     except (InferenceError, ModelSourceError) as e:
         fail(str(e))
     except OSError as e:  # unreadable files, broken adapter folders
-        fail(f"{model}: {e}".splitlines()[0])
+        fail(f"{run_or_model}: {e}".splitlines()[0])
 
     out = Console()
     err = Console(stderr=True)
