@@ -204,8 +204,9 @@ def demo_cmd(
 
 
 def main() -> None:
-    from nerft import model_cli
+    from nerft import infer_cli, model_cli
 
+    app.command("predict")(infer_cli.predict)
     app.add_typer(model_cli.app, name="model",
                   help="Fetch and convert models (e.g. the offline demo model).")
     app()

@@ -27,14 +27,13 @@ class Validation:
     examples: list[Example]
     batch_size: int = 16
     log_predictions: int = 5
-    logits_processor_factory: object = None
+    constrained: bool = True
     last_predictions: list[dict] = field(default_factory=list)
 
     def __call__(self, model) -> dict[str, float]:
         texts = [ex.text for ex in self.examples]
         answers = generate_answers(model, self.tokenizer, self.task, texts,
-                                   batch_size=self.batch_size,
-                                   logits_processor_factory=self.logits_processor_factory)
+                                   batch_size=self.batch_size, constrained=self.constrained)
         parsed = [parse_answer(a, t, self.task.labels) for a, t in zip(answers, texts)]
         micro = score_corpus([ex.entities for ex in self.examples], [x.spans for x in parsed],
                              "strict").micro

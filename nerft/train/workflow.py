@@ -125,7 +125,8 @@ def train(config: Config, *, resume: bool = False, console: Console | None = Non
     mask_dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
     collator = PackedCollator(t.packing, pad_id=tokenizer.pad_token_id or 0, mask_dtype=mask_dtype)
     validation = Validation(task, tokenizer, val_subset, batch_size=config.eval.batch_size,
-                            log_predictions=config.eval.log_predictions)
+                            log_predictions=config.eval.log_predictions,
+                            constrained=config.eval.constrained)
     callbacks = [MetricsFile(run_dir / "metrics.jsonl", samples_per_step), RichProgress(samples_per_step, console)]
     if config.tracking.swanlab != "off":
         callbacks.append(SwanLabTracker(

@@ -24,9 +24,9 @@ def test_tiny_model_memorises_its_training_entities(tmp_path, shared_data):
         "data": {"dir": str(data)},
         "model": {"source": str(model)},
         "method": {"kind": "full"},
-        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 100, "batch_size": 10,
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 150, "batch_size": 10,
                      "grad_accum": 1, "lr": 5e-3, "warmup_ratio": 0.05, "save_steps": 1000},
-        "eval": {"eval_steps": 100, "val_size": 30, "batch_size": 30},
+        "eval": {"eval_steps": 150, "val_size": 30, "batch_size": 30},
         "tracking": {"swanlab": "off"},
     })
     summary = train(config)
@@ -34,10 +34,10 @@ def test_tiny_model_memorises_its_training_entities(tmp_path, shared_data):
     metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").open()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert losses[-1] < 0.1 * losses[0]
-    assert summary.initial_f1 == 0.0
-    assert summary.best_f1 >= 0.9 and summary.best_step == 100
+    assert summary.initial_f1 < 0.1  # constrained decoding lets a random model hit a few
+    assert summary.best_f1 >= 0.9 and summary.best_step == 150
     scores = json.loads((tmp_path / "run" / "best" / "scores.json").read_text())
-    assert scores["step"] == 100 and scores["eval_f1"] == summary.best_f1
+    assert scores["step"] == 150 and scores["eval_f1"] == summary.best_f1
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_info["labels"] == prep.labels and set(run_info["data_sha256"]) == {"train.jsonl", "val.jsonl"}
     assert run_info["versions"]["torch"] and "seed" in run_info
