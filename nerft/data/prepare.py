@@ -6,12 +6,12 @@ rows read = kept + rejected (dropped) + duplicates removed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nerft.cache import sha256_file
 from nerft.data.clean import clean_example
 from nerft.data.example import Example, Rejection, write_jsonl
 from nerft.data.labels import label_map_for
@@ -55,7 +55,7 @@ def prepare(inputs: list[Path], *, fmt: str | None = None, user_label_map: dict[
     for fi, path in enumerate(inputs):
         path = Path(path)
         fmt_used, rows = read_file(path, fmt)
-        count = FileCount(str(path), fmt_used, _sha256(path), split_from_name(path))
+        count = FileCount(str(path), fmt_used, sha256_file(path), split_from_name(path))
         files.append(count)
         label_map = label_map_for(fmt_used, user_label_map or {})
         if label_map:
@@ -157,14 +157,6 @@ def _keep_file_splits(unique, files, ratios, seed):
     for ex, name in zip(train, assign_splits(len(train), local, seed)):
         by_split[name].append(ex)
     return f"kept the inputs' own splits; {' and '.join(missing)} carved from train (seed {seed})", by_split
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_prepared(prep: Prepared, out: Path, *, ratios, seed) -> dict:

@@ -19,17 +19,24 @@ def _clean(logs: dict) -> dict:
             if k in _KEEP or k.startswith("eval_")}
 
 
-class MetricsFile(TrainerCallback):
-    """One JSON line per log event; train and eval lines are told apart by their keys."""
+class _StepClock(TrainerCallback):
+    """Measures throughput from the step training (re)started at, so resumes read true."""
 
-    def __init__(self, path: Path, samples_per_step: int):
-        self.path = Path(path)
+    def __init__(self, samples_per_step: int):
         self.samples_per_step = samples_per_step
         self._t0 = None
         self._step0 = 0
 
     def on_train_begin(self, args, state, control, **kw):
         self._t0, self._step0 = time.perf_counter(), state.global_step
+
+
+class MetricsFile(_StepClock):
+    """One JSON line per log event; train and eval lines are told apart by their keys."""
+
+    def __init__(self, path: Path, samples_per_step: int):
+        super().__init__(samples_per_step)
+        self.path = Path(path)
 
     def on_log(self, args, state, control, logs=None, **kw):
         record = {"step": state.global_step, **_clean(logs or {})}
@@ -41,17 +48,12 @@ class MetricsFile(TrainerCallback):
             append_metrics(self.path, record)
 
 
-class RichProgress(TrainerCallback):
+class RichProgress(_StepClock):
     """A status line per log step: step, loss, learning rate, samples/s and ETA."""
 
     def __init__(self, samples_per_step: int, console: Console | None = None):
+        super().__init__(samples_per_step)
         self.console = console or Console(stderr=True)
-        self.samples_per_step = samples_per_step
-        self._t0 = None
-        self._step0 = 0
-
-    def on_train_begin(self, args, state, control, **kw):
-        self._t0, self._step0 = time.perf_counter(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}

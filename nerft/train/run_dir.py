@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,17 +18,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from nerft.cache import sha256_file
 from nerft.config import Config, dump_config
 
 PACKAGES = ("nerft", "torch", "transformers", "peft", "accelerate", "datasets", "swanlab")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def git_commit() -> str | None:
@@ -62,7 +54,7 @@ def write_json_atomic(path: Path, data) -> None:
 
 def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    data_files = {name: file_sha256(config.data.dir / name)
+    data_files = {name: sha256_file(config.data.dir / name)
                   for name in ("train.jsonl", "val.jsonl", "test.jsonl")
                   if (config.data.dir / name).is_file()}
     info = {
