@@ -172,7 +172,8 @@ def _print_eval(evals, md: Path, page: Path) -> None:
 def demo_cmd(
     data: Optional[list[Path]] = typer.Option(
         None, "--data", help="Your annotated corpus instead of the embedded People's Daily sample."),
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where data, run and report go."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Where data, run and report go (default: runs/demo-DATE-TIME)."),
     train_rows: int = typer.Option(64, "--train-rows", min=1),
     test_rows: int = typer.Option(32, "--test-rows", min=1),
     epochs: float = typer.Option(3, "--epochs", min=0.1),
@@ -189,6 +190,7 @@ def demo_cmd(
     from nerft.demo import run_demo
     from nerft.train.workflow import TrainError
 
+    out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     if (out / "run").exists():
         fail(f"{out} already holds a demo run; remove it or pass --out")
     try:
