@@ -4,11 +4,13 @@ per-row token budget, and (by default) constrained decoding.
 The loop is ours rather than `model.generate`: it runs the decoder, then the output head on the
 last position only; with constraints on, the head is applied to the few hundred tokens the
 rows may write instead of all 151,936 (the head is most of a small model's step); rows that
-finish leave the batch. See `AnswerGenerator` for the cache layout.
+finish leave the batch and queued rows take their place. See `_RunningBatch` for the cache
+layout.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 import torch
@@ -55,13 +57,9 @@ def _decoder_parts(model):
 class AnswerGenerator:
     """Greedy answers for one (model, tokenizer, task), the system prompt encoded once.
 
-    Cache layout, row by row: [shared prefix | left padding | rest of the prompt | answer].
-    The prefix keys/values are computed once (batch 1) and expanded to every batch. The padding
-    sits between prefix and suffix; it is masked out and the position ids skip it (suffix
-    tokens start at position len(prefix)), so each row attends to exactly the tokens, at
-    exactly the positions, that it would alone; `tests/infer/test_generate.py` checks the
-    tokens equal one-by-one `model.generate`. The prefix depends on the weights: build a new
-    generator after the model changes (`generate_answers` builds one per call).
+    The prefix keys/values are computed once (batch 1) and shared by every row. They depend
+    on the weights: build a new generator after the model changes (`generate_answers` builds
+    one per call).
     """
 
     def __init__(self, model, tokenizer, task: Task, *, prefix_cache: bool = True):
@@ -81,18 +79,22 @@ class AnswerGenerator:
         return next(self.model.parameters()).device
 
     def generate(self, texts: list[str], *, batch_size: int = 16, constrained: bool = True,
-                 logits_processor_factory=None,
                  progress: Callable[[int], None] | None = None) -> list[str]:
-        """Answers for `texts`, in input order; `progress(n)` is called after each batch of n."""
+        """Answers for `texts`, in input order; `progress(n)` is called as n more rows finish."""
         ids = self.generate_ids(texts, batch_size=batch_size, constrained=constrained,
-                                logits_processor_factory=logits_processor_factory, progress=progress)
+                                progress=progress)
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
 
     @torch.no_grad()
     def generate_ids(self, texts: list[str], *, batch_size: int = 16, constrained: bool = True,
-                     logits_processor_factory=None,
                      progress: Callable[[int], None] | None = None) -> list[list[int]]:
-        """Answer token ids (without the stop token) for `texts`, in input order."""
+        """Answer token ids (without the stop token) for `texts`, in input order.
+
+        Continuous batching: up to `batch_size` rows decode together, and when a quarter of
+        the slots (at least one) have finished, the next rows of the queue are encoded and
+        join the running batch, so short answers do not leave the batch half empty while the
+        longest answer of a fixed batch finishes.
+        """
         if not texts:
             return []
         was_training = self.model.training
@@ -100,23 +102,33 @@ class AnswerGenerator:
         try:
             prompts = self.tokenizer([render_prompt(self.tokenizer, self.task, t) for t in texts],
                                      add_special_tokens=False)["input_ids"]
-            order = sorted(range(len(texts)), key=lambda i: len(prompts[i]))
+            # Shortest prompts first: rows admitted together pad little.
+            queue = deque(sorted(range(len(texts)), key=lambda i: len(prompts[i])))
             answers: list[list[int]] = [[] for _ in texts]
-            for b in range(0, len(order), batch_size):
-                idx = order[b:b + batch_size]
-                outs = self._batch([texts[i] for i in idx], [prompts[i] for i in idx],
-                                   constrained, logits_processor_factory)
-                for i, ids in zip(idx, outs):
-                    answers[i] = ids
-                if progress is not None:
-                    progress(len(idx))
+            # A template that renders the shared prefix differently per sentence: no prefix cache.
+            use_prefix = all(ids[:len(self.prefix_ids)] == self.prefix_ids for ids in prompts)
+            batch = _RunningBatch(self, use_prefix)
+            refill_at = max(1, batch_size // 4)
+            while queue or batch.rows:
+                free = batch_size - len(batch.rows)
+                if queue and (not batch.rows or (batch.mergeable
+                                                 and free >= min(refill_at, len(queue)))):
+                    admitted = [queue.popleft() for _ in range(min(free, len(queue)))]
+                    batch.admit(admitted, [texts[i] for i in admitted],
+                                [prompts[i] for i in admitted], constrained)
+                done = batch.step()
+                for i in done:
+                    answers[i] = [t for t in batch.pop_output(i) if t not in self.stop_ids]
+                if done and progress is not None:
+                    progress(len(done))
             return answers
         finally:
             if was_training:
                 self.model.train()
 
-    # ------------------------------------------------------------------------------------------
-    def _prefix_cache(self, batch: int) -> DynamicCache | None:
+    def prefix_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Keys/values of the shared prefix (batch 1), computed on first use; None when the
+        model's cache is not a plain one (sliding windows etc.): prompts are then encoded whole."""
         if not self.prefix_ids:
             return None
         if self._prefix_kv is None:
@@ -124,78 +136,16 @@ class AnswerGenerator:
             ids = torch.tensor([self.prefix_ids], device=self.device)
             self.decoder(input_ids=ids, cache=cache, use_cache=True)
             if not all(type(layer) is DynamicLayer for layer in cache.layers):
-                self.prefix_ids = []  # sliding windows etc.: recompute the whole prompt instead
+                self.prefix_ids = []
                 return None
             self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-                                            for k, v in self._prefix_kv], config=self.lm.config)
+        return self._prefix_kv
 
-    def _batch(self, texts, prompts, constrained, factory) -> list[list[int]]:
-        device, n = self.device, len(texts)
-        cache = self._prefix_cache(n)
-        p = len(self.prefix_ids) if cache is not None else 0
-        if p and any(ids[:p] != self.prefix_ids for ids in prompts):
-            cache, p = None, 0  # a template that renders the prefix differently per sentence
-        suffixes = [ids[p:] for ids in prompts]
-        width = max(len(s) for s in suffixes)
-        ids = torch.full((n, width), self.pad, dtype=torch.long)
-        mask = torch.zeros((n, p + width), dtype=torch.long)
-        mask[:, :p] = 1
-        for r, s in enumerate(suffixes):
-            ids[r, width - len(s):] = torch.tensor(s)
-            mask[r, p + width - len(s):] = 1
-        positions = (p + mask[:, p:].cumsum(-1) - 1).clamp(min=p)
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-        if cache is None:
-            cache = DynamicCache(config=self.lm.config)
-
-        budgets = [answer_token_budget(t) for t in texts]
-        constraint = AnswerConstraint(self.tokenizer, self.task, texts, budgets) if constrained else None
-        processors = factory(texts, p + width) if factory is not None else None
-        # Custom processors index rows by position in a fixed batch, so the batch then keeps
-        # its finished rows (fed padding) instead of shrinking.
-        seq = torch.cat([torch.tensor([self.prefix_ids[:p]] * n, device=device, dtype=torch.long)
-                         .reshape(n, p), ids], 1) if processors is not None else None
-
-        hidden = self.decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              cache=cache, use_cache=True).last_hidden_state[:, -1]
-        alive = list(range(n))  # batch rows still generating, in cache order
-        outs: list[list[int]] = [[] for _ in range(n)]
-        next_pos = positions[:, -1] + 1
-        while True:
-            tokens = self._choose(hidden, alive, constraint, processors, seq)
-            for slot, r in enumerate(alive):
-                if self._finished(outs[r], budgets[r]):
-                    tokens[slot] = self.pad  # only in a fixed batch: finished rows get padding
-                    continue
-                outs[r].append(int(tokens[slot]))
-                if constraint is not None:
-                    constraint.rows[r].advance(outs[r][-1])
-            running = [s for s, r in enumerate(alive) if not self._finished(outs[r], budgets[r])]
-            if not running:
-                break
-            if processors is not None:
-                seq = torch.cat([seq, tokens[:, None].to(device)], 1)
-            elif len(running) < len(alive):
-                sel = torch.tensor(running, device=device)
-                cache.batch_select_indices(sel)
-                mask, next_pos, tokens = mask[sel], next_pos[sel], tokens[sel.cpu()]
-                alive = [alive[s] for s in running]
-            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], 1)
-            hidden = self.decoder(input_ids=tokens[:, None].to(device), attention_mask=mask,
-                                  position_ids=next_pos[:, None], cache=cache,
-                                  use_cache=True).last_hidden_state[:, -1]
-            next_pos = next_pos + 1
-        return [[t for t in o if t not in self.stop_ids] for o in outs]
-
-    def _finished(self, out: list[int], budget: int) -> bool:
-        return len(out) >= budget or (bool(out) and out[-1] in self.stop_ids)
-
-    def _choose(self, hidden, alive, constraint, processors, seq) -> torch.Tensor:
-        """The greedy next token of every alive row."""
-        if constraint is not None and processors is None and self.sliceable_head:
+    def choose(self, hidden: torch.Tensor, constraints: list | None) -> torch.Tensor:
+        """The greedy next token of each row of `hidden` (its last hidden state)."""
+        if constraints is not None and self.sliceable_head:
             # Only the tokens some row may write are scored: a slice of the head's weight.
-            allowed = [constraint.rows[r].allowed() for r in alive]
+            allowed = [c.allowed() for c in constraints]
             union = torch.unique(torch.cat(allowed))
             logits = torch.nn.functional.linear(
                 hidden, self.head.weight[union.to(hidden.device)],
@@ -206,26 +156,152 @@ class AnswerGenerator:
             logits = logits.masked_fill(~keep.to(logits.device), float("-inf"))
             return union[logits.argmax(-1).cpu()]
         logits = self.head(hidden).float()
-        if constraint is not None:
+        if constraints is not None:
             keep = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-            for slot, r in enumerate(alive):
-                keep[slot, constraint.rows[r].allowed().to(logits.device)] = True
+            for slot, c in enumerate(constraints):
+                keep[slot, c.allowed().to(logits.device)] = True
             logits = logits.masked_fill(~keep, float("-inf"))
-        if processors is not None:
-            logits = processors(seq, logits)
         return logits.argmax(-1).cpu()
 
 
+class _RunningBatch:
+    """The rows decoding together, and their shared key/value cache.
+
+    Cache columns, row by row: [shared prefix | holes | rest of the prompt | answer so far].
+    Holes (left padding, and the gap a row admitted later leaves) are masked out and skipped
+    by the position ids (the prompt after the prefix starts at position len(prefix)), so each
+    row attends to exactly the tokens, at exactly the positions, that it would alone;
+    `tests/infer/test_generate.py` checks the tokens equal one-by-one `model.generate`.
+    """
+
+    def __init__(self, gen: AnswerGenerator, use_prefix: bool):
+        self.gen, self.use_prefix = gen, use_prefix
+        self.mergeable = True  # False for caches other than plain key/value layers
+        self.rows: list[int] = []  # sentence index of each batch row, in cache order
+        self.cache: DynamicCache | None = None
+        self.mask = self.next_pos = self.hidden = None
+        self.constraints: list | None = None
+        self.budgets: list[int] = []
+        self.outputs: dict[int, list[int]] = {}
+
+    def admit(self, rows: list[int], texts: list[str], prompts: list[list[int]],
+              constrained: bool) -> None:
+        """Encode the prompts of new rows and append them to the batch."""
+        gen, device, n = self.gen, self.gen.device, len(rows)
+        prefix = gen.prefix_cache() if self.use_prefix else None
+        p = len(gen.prefix_ids) if prefix is not None else 0
+        suffixes = [ids[p:] for ids in prompts]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((n, width), gen.pad, dtype=torch.long)
+        mask = torch.zeros((n, p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        for r, s in enumerate(suffixes):
+            ids[r, width - len(s):] = torch.tensor(s)
+            mask[r, p + width - len(s):] = 1
+        positions = (p + mask[:, p:].cumsum(-1) - 1).clamp(min=p)
+        cache = DynamicCache(config=gen.lm.config) if prefix is None else DynamicCache(
+            ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix],
+            config=gen.lm.config)
+        mask, positions = mask.to(device), positions.to(device)
+        hidden = gen.decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=positions,
+                             cache=cache, use_cache=True).last_hidden_state[:, -1]
+        budgets = [answer_token_budget(t) for t in texts]
+        constraints = (AnswerConstraint(gen.tokenizer, gen.task, texts, budgets).rows
+                       if constrained else None)
+        for i in rows:
+            self.outputs[i] = []
+        if not self.rows:
+            self.mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
+            self.cache, self.mask, self.hidden = cache, mask, hidden
+            self.next_pos, self.rows = positions[:, -1] + 1, list(rows)
+            self.constraints, self.budgets = constraints, budgets
+            return
+        self._merge(cache, mask, p)
+        self.hidden = torch.cat([self.hidden, hidden])
+        self.next_pos = torch.cat([self.next_pos, positions[:, -1] + 1])
+        self.rows += rows
+        self.budgets += budgets
+        if constraints is not None:
+            self.constraints += constraints
+
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor, p: int) -> None:
+        """Append new rows' cache to the running one, aligning both on their last column.
+
+        Columns after the prefix that are holes in every running row are dropped first, so
+        the cache does not keep growing while rows come and go."""
+        real = self.mask[:, p:].bool()
+        first = int(real.float().argmax(-1).min()) if real.any() else real.shape[1]
+        keep = torch.cat([torch.arange(p), torch.arange(p + first, self.mask.shape[1])]).to(mask.device)
+        old_len, new_len = len(keep), mask.shape[1]
+        width = max(old_len, new_len)
+
+        def widen(t: torch.Tensor, dim: int, have: int, index=None) -> torch.Tensor:
+            if index is not None:
+                t = t.index_select(dim, index)
+            if have == width:
+                return t
+            shape = list(t.shape)
+            shape[dim] = width - have
+            gap = t.new_zeros(shape)
+            return torch.cat([t.narrow(dim, 0, p), gap, t.narrow(dim, p, have - p)], dim)
+
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([widen(old.keys, 2, old_len, keep), widen(new.keys, 2, new_len)])
+            old.values = torch.cat([widen(old.values, 2, old_len, keep),
+                                    widen(new.values, 2, new_len)])
+        self.mask = torch.cat([widen(self.mask, 1, old_len, keep), widen(mask, 1, new_len)])
+
+    def step(self) -> list[int]:
+        """Choose every row's next token, then feed it; returns the rows that finished."""
+        gen = self.gen
+        tokens = gen.choose(self.hidden, self.constraints)
+        done, running = [], []
+        for slot, i in enumerate(self.rows):
+            out = self.outputs[i]
+            out.append(int(tokens[slot]))
+            if self.constraints is not None:
+                self.constraints[slot].advance(out[-1])
+            if len(out) >= self.budgets[slot] or out[-1] in gen.stop_ids:
+                done.append(i)
+            else:
+                running.append(slot)
+        if len(running) < len(self.rows):
+            self._keep(running)
+            tokens = tokens[torch.tensor(running, dtype=torch.long)]
+        if self.rows:
+            device = self.mask.device
+            self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], 1)
+            self.hidden = gen.decoder(input_ids=tokens[:, None].to(device), attention_mask=self.mask,
+                                      position_ids=self.next_pos[:, None], cache=self.cache,
+                                      use_cache=True).last_hidden_state[:, -1]
+            self.next_pos = self.next_pos + 1
+        return done
+
+    def _keep(self, slots: list[int]) -> None:
+        if not slots:
+            self.rows, self.cache, self.constraints, self.budgets = [], None, None, []
+            return
+        sel = torch.tensor(slots, device=self.mask.device)
+        self.cache.batch_select_indices(sel)
+        self.mask, self.next_pos = self.mask[sel], self.next_pos[sel]
+        self.rows = [self.rows[s] for s in slots]
+        self.budgets = [self.budgets[s] for s in slots]
+        if self.constraints is not None:
+            self.constraints = [self.constraints[s] for s in slots]
+
+    def pop_output(self, row: int) -> list[int]:
+        return self.outputs.pop(row)
+
+
 def generate_answers(model, tokenizer, task: Task, texts: list[str], *, batch_size: int = 16,
-                     logits_processor_factory=None, constrained: bool = True,
-                     prefix_cache: bool = True, progress=None) -> list[str]:
+                     constrained: bool = True, prefix_cache: bool = True,
+                     progress=None) -> list[str]:
     """Greedy answers for `texts`, in input order.
 
-    Rows are sorted by prompt length so a batch pads little, and each row stops at the
-    end-of-turn token or its `answer_token_budget`. `constrained` keeps answers in the
-    format and entity texts inside their sentence (`nerft.infer.constrain`);
-    `logits_processor_factory(batch_texts, prompt_len)` may add processors of its own.
+    Up to `batch_size` rows decode at once (continuous batching, rows queued by prompt length),
+    and each row stops at the end-of-turn token or its `answer_token_budget`. `constrained`
+    keeps answers in the format and entity texts inside their sentence (`nerft.infer.constrain`).
     """
     generator = AnswerGenerator(model, tokenizer, task, prefix_cache=prefix_cache)
     return generator.generate(texts, batch_size=batch_size, constrained=constrained,
-                              logits_processor_factory=logits_processor_factory, progress=progress)
+                              progress=progress)

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from nerft.infer.constrain import constrained_factory
-from nerft.infer.generate import AnswerGenerator, answer_token_budget, generate_answers, shared_prefix_ids
+from nerft.infer.generate import (AnswerGenerator, _RunningBatch, answer_token_budget, generate_answers,
+                                  shared_prefix_ids)
 from nerft.prompt import Task, parse_answer
 from nerft.train.encode import render_prompt
 
@@ -65,21 +66,46 @@ def test_constrained_batched_equals_one_by_one(tiny, sentences):
     model, tok = tiny
     generator = AnswerGenerator(model, tok, TASK)
     batched = generator.generate_ids(sentences, batch_size=16)
+    # 12 sentences through 5 slots: rows join the running batch as others finish.
+    refilled = generator.generate_ids(sentences, batch_size=5)
     alone = AnswerGenerator(model, tok, TASK, prefix_cache=False).generate_ids(sentences, batch_size=1)
     assert batched == alone
+    assert refilled == alone
     assert all(len(ids) <= answer_token_budget(t) for ids, t in zip(batched, sentences))
 
 
-def test_processor_factory_path_agrees_with_builtin_constraint(tiny, sentences):
-    """The trainer's `logits_processor_factory` route (full logits + HF processor) gives the
-    same answers as the built-in route that scores only the allowed tokens."""
+def test_cache_stays_bounded_while_rows_come_and_go(tiny, sentences, monkeypatch):
+    """Columns that are holes in every running row are dropped when new rows join, so the
+    cache is never wider than one row's prompt and answer; every row reports progress once."""
+    model, tok = tiny
+    generator = AnswerGenerator(model, tok, TASK)
+    widths, merge = [], _RunningBatch._merge
+
+    def recording_merge(self, cache, mask, p):
+        merge(self, cache, mask, p)
+        widths.append(self.mask.shape[1])
+
+    monkeypatch.setattr(_RunningBatch, "_merge", recording_merge)
+    done = []
+    generator.generate_ids(sentences, batch_size=2, constrained=False, progress=done.append)
+    prompts = [len(tok(render_prompt(tok, TASK, t), add_special_tokens=False)["input_ids"])
+               for t in sentences]
+    assert len(widths) >= 5  # rows really joined a running batch
+    assert max(widths) <= max(prompts) + max(answer_token_budget(t) for t in sentences)
+    assert sum(done) == len(sentences)
+
+
+def test_sliced_head_agrees_with_full_logits(tiny, sentences):
+    """Scoring only the allowed tokens (a slice of the output head) gives the same answers as
+    masking the full logits."""
     model, tok = tiny
     texts = sentences[:6]
-    builtin = generate_answers(model, tok, TASK, texts, batch_size=4)
-    via_factory = generate_answers(model, tok, TASK, texts, batch_size=4, constrained=False,
-                                   logits_processor_factory=constrained_factory(tok, TASK))
-    assert via_factory == builtin
-    assert all(parse_answer(a, t, TASK.labels).well_formed for a, t in zip(builtin, texts))
+    sliced = AnswerGenerator(model, tok, TASK)
+    full = AnswerGenerator(model, tok, TASK)
+    full.sliceable_head = False
+    answers = sliced.generate(texts, batch_size=4)
+    assert full.generate(texts, batch_size=4) == answers
+    assert all(parse_answer(a, t, TASK.labels).well_formed for a, t in zip(answers, texts))
 
 
 def test_constrained_factory_works_with_model_generate(tiny, sentences):
