@@ -62,11 +62,14 @@ def markdown_table(r: dict) -> str:
         f"| val F1 at the baseline's training time ({_num(tb['train_seconds'], 0)} s) | {_f1(tb['f1_at_samples'])} | "
         + (f"{_f1(wall)} after {wall['samples']} samples | |" if wall else "- | |"),
         f"| inference sentences/s ({ib['sentences']} test rows) | {_num(ib['sentences_per_s'], 3)} (one at a time) | "
-        f"{_num(inn['sentences_per_s'], 3)} (batched) | {_num(x['infer_sentences_per_s'])} |",
+        f"{_num(inn['sentences_per_s'], 3)} (continuous batching, guessed tokens) | {_num(x['infer_sentences_per_s'])} |",
         f"| inference answer tokens/s | {_num(ib['answer_tokens_per_s'], 1)} | {_num(inn['answer_tokens_per_s'], 1)} | |",
         f"| inference peak RSS (MiB) | {_num(ib['memory'].get('infer_mib'), 0)} | "
         f"{_num(inn['memory'].get('infer_mib'), 0)} | {_num(x['infer_peak_rss'])} |",
         f"| test F1, same trained adapter | {_f1(ib)} | {_f1(inn)} | |",
+        f"| decoder steps after the prompts | {_num(ib.get('generated_tokens'), 0)} (one per token) | "
+        + (f"{steps['steps']:,} (guessed {steps['guessed']:,} tokens, kept {steps['kept']:,}) | |"
+           if (steps := inn.get("decoder_steps")) else "- | |"),
         "",
         "Validation F1 uses one decoder for both trained models (nerft's `generate_answers`), so "
         "it compares training; inference compares decoders on nerft's trained adapter. FLOPs: "

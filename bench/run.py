@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="training samples per side, a "
                    "multiple of 16 (default 16 quick, 32 full)")
     p.add_argument("--val", type=int, default=None, help="validation rows (default 8 / 24)")
-    p.add_argument("--test", type=int, default=None, help="test rows for inference (default 2 / 8)")
+    p.add_argument("--test", type=int, default=None, help="test rows for inference (default 2 / 32)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="the baseline decoder's "
                    "budget (default: the recipe's 512; 64 with --quick, where a random model "
                    "never stops)")
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.name = args.name or ("quick" if quick else Path(args.model).name)
     args.samples = args.samples or (16 if quick else 32)
     args.val = args.val or (8 if quick else 24)
-    args.test = args.test or (2 if quick else 8)
+    args.test = args.test or (2 if quick else 32)
     args.max_new_tokens = args.max_new_tokens or (64 if quick else 512)
     if args.tokenise_rows is None:
         args.tokenise_rows = 500 if quick else 10**9

@@ -148,27 +148,33 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
 def infer(spec: dict, rss: RssSampler, decoder: str) -> dict:
     from peft import PeftModel
 
-    from nerft.infer.generate import generate_answers
+    from nerft.infer.generate import AnswerGenerator
 
     task = Task(tuple(spec["labels"]))
     examples = _load(spec, "test.jsonl")
     with rss.phase("load"):
         model, tokenizer = baseline.load_model(Path(spec["model_folder"]))
         model = PeftModel.from_pretrained(model, spec["adapter"])
+        if decoder == "nerft":
+            model = model.merge_and_unload()  # what `nerft predict` / `nerft eval` load
         model.eval()
     texts = [ex.text for ex in examples]
+    stats = None
     with rss.phase("infer"):
         if decoder == "baseline":
             answers, generated, seconds = baseline.predict_all(
                 model, tokenizer, texts, spec.get("max_new_tokens", baseline.MAX_NEW_TOKENS))
         else:
             start = time.perf_counter()
-            answers = generate_answers(model, tokenizer, task, texts, batch_size=EVAL_BATCH)
+            generator = AnswerGenerator(model, tokenizer, task)
+            answers = generator.generate(texts, batch_size=EVAL_BATCH)
             seconds, generated = time.perf_counter() - start, None
+            stats = generator.last_stats
     answer_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
     return {"sentences": len(texts), "seconds": seconds, "sentences_per_s": len(texts) / seconds,
             "answer_tokens": answer_tokens, "answer_tokens_per_s": answer_tokens / seconds,
-            "generated_tokens": generated, **score(examples, answers, task.labels),
+            "generated_tokens": generated, "decoder_steps": stats,
+            **score(examples, answers, task.labels),
             "answers": answers[:5]}
 
 

@@ -319,6 +319,22 @@ class RowConstraint:
             fits = costs == costs.min()
         return token_ids[fits]
 
+    def lookahead(self, draft: list[int]) -> list[torch.Tensor]:
+        """The allowed sets before each token of `draft`, for as long as the draft stays
+        allowed (so the result may be shorter than the draft); the row itself does not move."""
+        saved, out = (self.state, self.generated), []
+        try:
+            for token in draft:
+                allowed = self.allowed()
+                i = int(torch.searchsorted(allowed, token))
+                if i == len(allowed) or int(allowed[i]) != token:
+                    break
+                out.append(allowed)
+                self.advance(token)
+        finally:
+            self.state, self.generated = saved
+        return out
+
     def advance(self, token: int) -> None:
         if self.state == ("end",):
             return

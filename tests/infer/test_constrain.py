@@ -187,3 +187,19 @@ def test_token_bytes_are_built_once_and_spell_tokens(qwen_tokenizer):
         ids = qwen_tokenizer(word, add_special_tokens=False)["input_ids"]
         assert b"".join(lookup[i] for i in ids) == word.encode()
     assert eot(qwen_tokenizer) not in lookup and len(lookup) == 151_643
+
+
+def test_lookahead_checks_a_draft_without_moving_the_row(qwen_tokenizer):
+    c = row(qwen_tokenizer, "张三在北京工作。")
+    ids = qwen_tokenizer('{"entity_text": "北京", "entity_label": "地点"}', add_special_tokens=False)["input_ids"]
+    before = (c.state, c.generated)
+    sets = c.lookahead(ids)
+    assert len(sets) == len(ids) and (c.state, c.generated) == before
+    write(qwen_tokenizer, c, qwen_tokenizer.decode(ids[:3]))
+    assert torch.equal(c.allowed(), sets[3])  # the set a row really has after those tokens
+    # A draft that leaves the sentence is cut where it does.
+    fresh = row(qwen_tokenizer, "张三在北京工作。")
+    bad = qwen_tokenizer('{"entity_text": "上海"', add_special_tokens=False)["input_ids"]
+    cut = fresh.lookahead(bad)
+    assert 0 < len(cut) < len(bad)
+    assert qwen_tokenizer.decode(bad[:len(cut)]).endswith('"entity_text": "')

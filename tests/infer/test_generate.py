@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from nerft.infer.constrain import constrained_factory
-from nerft.infer.generate import (AnswerGenerator, _RunningBatch, answer_token_budget, generate_answers,
-                                  shared_prefix_ids)
+from nerft.infer.generate import (AnswerGenerator, _lookup, _RunningBatch, answer_token_budget,
+                                  generate_answers, shared_prefix_ids)
 from nerft.prompt import Task, parse_answer
 from nerft.train.encode import render_prompt
 
@@ -143,3 +143,24 @@ def test_training_mode_is_restored_and_empty_input(tiny):
         assert model.training
     finally:
         model.eval()
+
+
+def test_lookup_guesses_what_followed_the_last_tokens():
+    assert _lookup([5, 6, 7, 8, 1, 5, 6], 3) == [7, 8, 1]  # the last two tokens seen before
+    assert _lookup([5, 6, 7, 9, 6], 2) == [7, 9]  # else the last token alone
+    assert _lookup([1, 2, 3], 4) == []  # never seen before
+    assert _lookup([3, 4, 3, 4, 9, 3, 4], 2) == [9, 3]  # the latest occurrence wins
+
+
+def test_guessed_tokens_keep_the_answers_and_save_steps(tiny, sentences):
+    """Feeding guessed tokens and keeping those the model agrees with gives exactly the
+    one-token-per-step answers, constrained or not, with rows joining mid-way."""
+    model, tok = tiny
+    for constrained in (True, False):
+        guessing = AnswerGenerator(model, tok, TASK)
+        plain = AnswerGenerator(model, tok, TASK, guess=False)
+        assert (guessing.generate_ids(sentences, batch_size=5, constrained=constrained)
+                == plain.generate_ids(sentences, batch_size=5, constrained=constrained))
+        assert plain.last_stats["guessed"] == 0
+        assert guessing.last_stats["kept"] > 0
+        assert guessing.last_stats["steps"] < plain.last_stats["steps"]
