@@ -67,6 +67,10 @@ def markdown_table(r: dict) -> str:
         f"| inference peak RSS (MiB) | {_num(ib['memory'].get('infer_mib'), 0)} | "
         f"{_num(inn['memory'].get('infer_mib'), 0)} | {_num(x['infer_peak_rss'])} |",
         f"| test F1, same trained adapter | {_f1(ib)} | {_f1(inn)} | |",
+        (f"| same, nerft's decoder with constrained decoding off: sentences/s, test F1 | | "
+         f"{_num(free['sentences_per_s'], 3)}, {_f1(free)} | "
+         f"{_num(x.get('infer_unconstrained_sentences_per_s'))} |"
+         if (free := r["infer"].get("nerft_unconstrained")) else None),
         f"| decoder steps after the prompts | {_num(ib.get('generated_tokens'), 0)} (one per token) | "
         + (f"{steps['steps']:,} (guessed {steps['guessed']:,} tokens, kept {steps['kept']:,}) | |"
            if (steps := inn.get("decoder_steps")) else "- | |"),
@@ -76,4 +80,4 @@ def markdown_table(r: dict) -> str:
         f"{r['flops_method']}.",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line is not None)

@@ -176,6 +176,7 @@ def main(argv=None) -> dict:
     infer_spec = {**spec, "adapter": ours["adapter"]}
     inf_base = run_side("infer-baseline", infer_spec, work)
     inf_ours = run_side("infer-nerft", infer_spec, work)
+    inf_free = run_side("infer-nerft-unconstrained", infer_spec, work)
     heavy_after = other_heavy_processes()
     # A busy machine lowers the peak as much as the runs: keep the better of two measurements.
     peak_after = matmul_peak_gflops(peak["n"], 1.0 if args.quick else 3.0)
@@ -199,8 +200,10 @@ def main(argv=None) -> dict:
                         "optimizer step not counted",
         "train": {"baseline": base, "nerft": ours},
         "infer": {"adapter": "nerft's trained adapter (final)", "baseline_max_new_tokens": args.max_new_tokens,
-                  "baseline": inf_base, "nerft": inf_ours},
-        "ratios": compare(base, ours, inf_base, inf_ours, args.samples),
+                  "baseline": inf_base, "nerft": inf_ours, "nerft_unconstrained": inf_free},
+        "ratios": {**compare(base, ours, inf_base, inf_ours, args.samples),
+                   "infer_unconstrained_sentences_per_s": ratio(inf_free["sentences_per_s"],
+                                                                inf_base["sentences_per_s"])},
         "bench_seconds": time.perf_counter() - started,
     }
     for side in ("baseline", "nerft"):

@@ -1,6 +1,7 @@
 """One side of the benchmark in its own process: `python -m bench.sides ROLE SPEC.json OUT.json`.
 
-Roles: `train-baseline`, `train-nerft`, `infer-baseline`, `infer-nerft`. Each process loads what
+Roles: `train-baseline`, `train-nerft`, `infer-baseline`, `infer-nerft`,
+`infer-nerft-unconstrained` (nerft's decoder with constrained decoding off). Each process loads what
 it needs, so its peak memory and its timings are its own. SPEC.json is written by `bench.run`.
 """
 
@@ -155,7 +156,7 @@ def infer(spec: dict, rss: RssSampler, decoder: str) -> dict:
     with rss.phase("load"):
         model, tokenizer = baseline.load_model(Path(spec["model_folder"]))
         model = PeftModel.from_pretrained(model, spec["adapter"])
-        if decoder == "nerft":
+        if decoder != "baseline":
             model = model.merge_and_unload()  # what `nerft predict` / `nerft eval` load
         model.eval()
     texts = [ex.text for ex in examples]
@@ -167,7 +168,8 @@ def infer(spec: dict, rss: RssSampler, decoder: str) -> dict:
         else:
             start = time.perf_counter()
             generator = AnswerGenerator(model, tokenizer, task)
-            answers = generator.generate(texts, batch_size=EVAL_BATCH)
+            answers = generator.generate(texts, batch_size=EVAL_BATCH,
+                                         constrained=decoder == "nerft")
             seconds, generated = time.perf_counter() - start, None
             stats = generator.last_stats
     answer_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
@@ -189,7 +191,7 @@ def main(argv: list[str]) -> None:
         result = train_baseline(spec, rss)
     elif role == "train-nerft":
         result = train_nerft(spec, rss)
-    elif role in ("infer-baseline", "infer-nerft"):
+    elif role in ("infer-baseline", "infer-nerft", "infer-nerft-unconstrained"):
         result = infer(spec, rss, role.removeprefix("infer-"))
     else:
         raise SystemExit(f"unknown role {role!r}")

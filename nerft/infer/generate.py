@@ -228,9 +228,10 @@ class _RunningBatch:
 
     Cache columns, row by row: [shared prefix | holes | rest of the prompt | answer so far].
     Holes (left padding, the gap a row admitted later leaves, guessed tokens that were not
-    kept) are masked out and skipped by the position ids (the prompt after the prefix starts at position len(prefix)), so each
-    row attends to exactly the tokens, at exactly the positions, that it would alone;
-    `tests/infer/test_generate.py` checks the tokens equal one-by-one `model.generate`.
+    kept) are masked out and skipped by the position ids (the prompt after the prefix starts at
+    position len(prefix)), so each row attends to exactly the tokens, at exactly the positions,
+    that it would alone; `tests/infer/test_generate.py` checks the tokens equal one-by-one
+    `model.generate`.
     """
 
     def __init__(self, gen: AnswerGenerator, use_prefix: bool):
@@ -252,13 +253,14 @@ class _RunningBatch:
         Rows come sorted by prompt length; they are encoded in groups whose padding stays under
         a quarter of their tokens (one long prompt would otherwise pad every short one to it).
         """
+        p = len(self.gen.prefix_ids) if self.use_prefix else 0
+        lengths = [len(ids) - p for ids in prompts]  # the part that is encoded (and padded)
         start = 0
         while start < len(rows):
-            end, longest = start + 1, len(prompts[start])
+            end, longest = start + 1, lengths[start]
             while end < len(rows):
-                longest_then = max(longest, len(prompts[end]))
-                real = sum(len(x) for x in prompts[start:end + 1])
-                if (end + 1 - start) * longest_then > 1.25 * real:
+                longest_then = max(longest, lengths[end])
+                if (end + 1 - start) * longest_then > 1.25 * sum(lengths[start:end + 1]):
                     break
                 end, longest = end + 1, longest_then
             self._admit_group(rows[start:end], texts[start:end], prompts[start:end], constrained)
