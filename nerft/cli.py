@@ -115,7 +115,9 @@ def eval_cmd(
     compare: Optional[str] = typer.Option(None, "--compare", help="A second model for the same report."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: RUN/eval-SPLIT or eval/NAME)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N rows."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1,
+                                   help="Sentences decoded together; finished ones are "
+                                   "replaced from the queue."),
     constrain: bool = typer.Option(True, "--constrain/--no-constrain", help="Constrained decoding."),
 ):
     """Score a model on a split: metrics.json, predictions.jsonl, report.md and report.html.

@@ -75,7 +75,7 @@ class EvalConfig(_Section):
     eval_steps: int = Field(50, ge=1)
     at_start: bool = Field(True, description="score the untrained model first (step 0)")
     val_size: int = Field(64, ge=1, description="fixed validation subset for F1 during training")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="validation sentences decoded together")
     early_stopping_patience: Optional[int] = Field(3, ge=1)
     log_predictions: int = Field(5, ge=0, description="validation rows logged as text")
     constrained: bool = True

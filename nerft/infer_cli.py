@@ -28,7 +28,9 @@ def predict(
                                               "labels, else 地点,人名,地理实体,组织."),
     constrain: bool = typer.Option(True, "--constrain/--no-constrain",
                                    help="Keep answers in the format, entity texts in the sentence."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Sentences per generation batch."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1,
+                                   help="Sentences decoded together; finished ones are "
+                                   "replaced from the queue."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="torch CPU threads (default: torch's choice)."),
 ):

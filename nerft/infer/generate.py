@@ -151,8 +151,9 @@ class AnswerGenerator:
             if queue and (not batch.rows or (batch.mergeable
                                              and free >= min(refill_at, len(queue)))):
                 admitted = [queue.popleft() for _ in range(min(free, len(queue)))]
-                batch.admit(admitted, [texts[i] for i in admitted],
-                            [prompts[i] for i in admitted], constrained)
+                joined = batch.admit(admitted, [texts[i] for i in admitted],
+                                     [prompts[i] for i in admitted], constrained)
+                queue.extendleft(reversed(admitted[joined:]))
             done = batch.step()
             for i in done:
                 answers[i] = [t for t in batch.pop_output(i) if t not in self.stop_ids]
@@ -204,7 +205,8 @@ class AnswerGenerator:
 # about TOKENS_PER_STEP tokens in all. Small steps cost about the same whatever their size (the
 # weights are read once either way): on 2 CPU cores with the demo model a step of 32 rows x 2
 # tokens took 0.54 s against 0.40 s for 32 x 1, and 6 rows x 9 tokens 0.49 s. On 32 test
-# sentences 64 / 96 / 128 tokens per step gave 43.9 / 40.6 / 39.3 s, kept 87% / 79% / 73%.
+# sentences 64 / 96 / 128 tokens per step gave 43.9 / 40.6 / 39.3 s, kept 87% / 79% / 73%
+# (BENCHMARKS.md).
 TOKENS_PER_STEP = 96
 MAX_GUESS = 8
 
@@ -247,8 +249,9 @@ class _RunningBatch:
         self.steps = self.guessed = self.kept = 0  # decoder steps, guessed and kept tokens
 
     def admit(self, rows: list[int], texts: list[str], prompts: list[list[int]],
-              constrained: bool) -> None:
-        """Encode the prompts of new rows and append them to the batch.
+              constrained: bool) -> int:
+        """Encode the prompts of new rows and append them to the batch; returns how many of
+        them joined (fewer when the model's cache cannot take rows later, see `mergeable`).
 
         Rows come sorted by prompt length; they are encoded in groups whose padding stays under
         a quarter of their tokens (one long prompt would otherwise pad every short one to it).
@@ -263,8 +266,11 @@ class _RunningBatch:
                 if (end + 1 - start) * longest_then > 1.25 * sum(lengths[start:end + 1]):
                     break
                 end, longest = end + 1, longest_then
+            if self.rows and not self.mergeable:
+                return start
             self._admit_group(rows[start:end], texts[start:end], prompts[start:end], constrained)
             start = end
+        return start
 
     def _admit_group(self, rows: list[int], texts: list[str], prompts: list[list[int]],
                      constrained: bool) -> None:

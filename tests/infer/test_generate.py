@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from nerft.infer.constrain import constrained_factory
 from nerft.infer.generate import (AnswerGenerator, _lookup, _RunningBatch, answer_token_budget,
@@ -164,3 +164,22 @@ def test_guessed_tokens_keep_the_answers_and_save_steps(tiny, sentences):
         assert plain.last_stats["guessed"] == 0
         assert guessing.last_stats["kept"] > 0
         assert guessing.last_stats["steps"] < plain.last_stats["steps"]
+
+
+def test_sliding_window_cache_decodes_in_plain_batches(tiny_model_dir, qwen_tokenizer, sentences,
+                                                       one_thread, monkeypatch):
+    """A model whose cache is not plain key/value layers (sliding windows) gets no prefix cache,
+    no rows joining a running batch and no guesses, and still answers like one by one."""
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, 32, 0
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    merges = []
+    monkeypatch.setattr(_RunningBatch, "_merge", lambda self, *a: merges.append(a))
+    generator = AnswerGenerator(model, qwen_tokenizer, TASK)
+    batched = generator.generate_ids(sentences[:8], batch_size=3)
+    assert generator.prefix_ids == [] and merges == [] and generator.last_stats["guessed"] == 0
+    alone = AnswerGenerator(model, qwen_tokenizer, TASK, prefix_cache=False).generate_ids(
+        sentences[:8], batch_size=1)
+    assert batched == alone
