@@ -7,8 +7,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from nerft.infer.constrain import constrained_factory
-from nerft.infer.generate import (AnswerGenerator, _lookup, _RunningBatch, answer_token_budget,
-                                  generate_answers, shared_prefix_ids)
+from nerft.infer.generate import AnswerGenerator, answer_token_budget, generate_answers, shared_prefix_ids
+from nerft.infer.running_batch import RunningBatch, lookup
 from nerft.prompt import Task, parse_answer
 from nerft.train.encode import render_prompt
 
@@ -79,13 +79,13 @@ def test_cache_stays_bounded_while_rows_come_and_go(tiny, sentences, monkeypatch
     cache is never wider than one row's prompt and answer; every row reports progress once."""
     model, tok = tiny
     generator = AnswerGenerator(model, tok, TASK)
-    widths, merge = [], _RunningBatch._merge
+    widths, merge = [], RunningBatch._merge
 
     def recording_merge(self, cache, mask, p):
         merge(self, cache, mask, p)
         widths.append(self.mask.shape[1])
 
-    monkeypatch.setattr(_RunningBatch, "_merge", recording_merge)
+    monkeypatch.setattr(RunningBatch, "_merge", recording_merge)
     done = []
     generator.generate_ids(sentences, batch_size=2, constrained=False, progress=done.append)
     prompts = [len(tok(render_prompt(tok, TASK, t), add_special_tokens=False)["input_ids"])
@@ -146,10 +146,10 @@ def test_training_mode_is_restored_and_empty_input(tiny):
 
 
 def test_lookup_guesses_what_followed_the_last_tokens():
-    assert _lookup([5, 6, 7, 8, 1, 5, 6], 3) == [7, 8, 1]  # the last two tokens seen before
-    assert _lookup([5, 6, 7, 9, 6], 2) == [7, 9]  # else the last token alone
-    assert _lookup([1, 2, 3], 4) == []  # never seen before
-    assert _lookup([3, 4, 3, 4, 9, 3, 4], 2) == [9, 3]  # the latest occurrence wins
+    assert lookup([5, 6, 7, 8, 1, 5, 6], 3) == [7, 8, 1]  # the last two tokens seen before
+    assert lookup([5, 6, 7, 9, 6], 2) == [7, 9]  # else the last token alone
+    assert lookup([1, 2, 3], 4) == []  # never seen before
+    assert lookup([3, 4, 3, 4, 9, 3, 4], 2) == [9, 3]  # the latest occurrence wins
 
 
 def test_guessed_tokens_keep_the_answers_and_save_steps(tiny, sentences):
@@ -176,7 +176,7 @@ def test_sliding_window_cache_decodes_in_plain_batches(tiny_model_dir, qwen_toke
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     merges = []
-    monkeypatch.setattr(_RunningBatch, "_merge", lambda self, *a: merges.append(a))
+    monkeypatch.setattr(RunningBatch, "_merge", lambda self, *a: merges.append(a))
     generator = AnswerGenerator(model, qwen_tokenizer, TASK)
     batched = generator.generate_ids(sentences[:8], batch_size=3)
     assert generator.prefix_ids == [] and merges == [] and generator.last_stats["guessed"] == 0
