@@ -8,6 +8,7 @@ there is no entity.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from nerft.data.example import Span
@@ -28,6 +29,8 @@ class Task:
             raise ValueError("a task needs at least one label")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"duplicate label names in {self.labels}")
+        for label in self.labels:
+            check_label_name(label)
 
     @property
     def system_prompt(self) -> str:
@@ -58,6 +61,23 @@ class Task:
         if answer is not None:
             msgs.append({"role": "assistant", "content": answer})
         return msgs
+
+
+# Control-token syntax of the chat templates nerft knows (ChatML `<|...|>`, Llama `<<SYS>>`,
+# `[INST]`): labels are written into the system prompt, where such text would be parsed as a
+# control token and could end the system turn.
+_CONTROL_LIKE = re.compile(r"<\|.*?\|>|<<|>>|\[/?INST\]|</?s>")
+
+
+def check_label_name(label: str) -> None:
+    """Reject a label the instruction cannot hold: empty, multi-line, or control-token text."""
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"label names must be non-empty text, got {label!r}")
+    if label != label.strip() or any(c in label for c in "\r\n\t"):
+        raise ValueError(f"label {label!r} starts or ends with whitespace or holds a line "
+                         "break or tab; use a single-line name")
+    if _CONTROL_LIKE.search(label):
+        raise ValueError(f"label {label!r} looks like a chat control token; rename it")
 
 
 def user_message(text: str) -> str:

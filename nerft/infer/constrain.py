@@ -34,7 +34,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from nerft.data.example import Span
 from nerft.prompt import NO_ENTITY, Task, format_answer
-from nerft.train.encode import end_of_turn_id
+from nerft.chat import end_of_turn_id
 
 _TEXT, _LABEL = "\ue000T", "\ue001L"  # private-use placeholders, escaped verbatim by json
 
@@ -381,7 +381,7 @@ class AnswerLogitsProcessor(LogitsProcessor):
 
 def constrained_factory(tokenizer, task: Task):
     """`(batch_texts, prompt_len) -> LogitsProcessorList` for `generate_answers` / `model.generate`."""
-    from nerft.infer.generate import answer_token_budget
+    from nerft.infer.stopping import answer_token_budget
 
     def factory(batch_texts: list[str], prompt_len: int) -> LogitsProcessorList:
         budgets = [answer_token_budget(t) for t in batch_texts]

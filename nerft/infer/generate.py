@@ -20,9 +20,10 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from nerft.chat import encode_prompts, end_of_turn_id, shared_prefix_ids, stop_token_ids
 from nerft.infer.running_batch import RunningBatch, plain_cache
+from nerft.infer.stopping import answer_token_budget
 from nerft.prompt import Task
-from nerft.train.encode import end_of_turn_id, render_prompt
 
 
 _FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
@@ -46,25 +47,6 @@ def _grouped_kv_heads(device):
         yield
     finally:
         os.environ.pop(_FORCE_GQA, None)
-
-
-def answer_token_budget(text: str) -> int:
-    """Upper bound on answer tokens for a sentence: a JSON line costs ~20 tokens plus the
-    entity, and entities cannot outnumber characters, so this grows with the sentence."""
-    return min(512, 32 + 2 * len(text))
-
-
-def shared_prefix_ids(tokenizer, task: Task) -> list[int]:
-    """The prompt tokens every sentence shares (system turn and the user turn's header).
-
-    Cut just after a special token: those never merge with their neighbours, so the prefix
-    tokenises the same whatever sentence follows.
-    """
-    a, b = (tokenizer(render_prompt(tokenizer, task, t), add_special_tokens=False)["input_ids"]
-            for t in ("甲", "乙"))
-    common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
-    return a[:max((i + 1 for i in range(common) if a[i] in special), default=0)]
 
 
 def _decoder_parts(model):
@@ -97,8 +79,7 @@ class AnswerGenerator:
         # A plain linear head can be sliced to the allowed tokens (a LoRA-wrapped one cannot).
         self.sliceable_head = type(self.head) is torch.nn.Linear
         self.eot = end_of_turn_id(tokenizer)
-        eos = getattr(getattr(self.lm, "generation_config", None), "eos_token_id", None)
-        self.stop_ids = {self.eot} | set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.stop_ids = stop_token_ids(tokenizer, getattr(self.lm, "generation_config", None))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot
         self.prefix_ids = shared_prefix_ids(tokenizer, task) if prefix_cache else []
         self._prefix_kv = None
@@ -136,8 +117,7 @@ class AnswerGenerator:
                 self.model.train()
 
     def _decode_all(self, texts, batch_size, constrained, progress) -> list[list[int]]:
-        prompts = self.tokenizer([render_prompt(self.tokenizer, self.task, t) for t in texts],
-                                 add_special_tokens=False)["input_ids"]
+        prompts = encode_prompts(self.tokenizer, self.task, texts)
         # Shortest prompts first: rows admitted together pad little.
         queue = deque(sorted(range(len(texts)), key=lambda i: len(prompts[i])))
         answers: list[list[int]] = [[] for _ in texts]

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from nerft.infer.constrain import AnswerConstraint
+from nerft.infer.stopping import RepeatedLineGuard
 
 if TYPE_CHECKING:
     from nerft.infer.generate import AnswerGenerator
@@ -69,6 +70,7 @@ class RunningBatch:
         self.mask = self.next_pos = self.hidden = None
         self.constraints: list | None = None
         self.budgets: list[int] = []
+        self.guards: list[RepeatedLineGuard] = []
         self.prompts: list[list[int]] = []  # each row's prompt ids, where guesses come from
         self.outputs: dict[int, list[int]] = {}
         self.steps = self.guessed = self.kept = 0  # decoder steps, guessed and kept tokens
@@ -120,6 +122,7 @@ class RunningBatch:
                              cache=cache, use_cache=True).last_hidden_state[:, -1]
         constraints = (AnswerConstraint(gen.tokenizer, gen.task, texts, budgets).rows
                        if constrained else None)
+        guards = [RepeatedLineGuard(gen.tokenizer, t) for t in texts]
         for i in rows:
             self.outputs[i] = []
         if not self.rows:
@@ -127,12 +130,14 @@ class RunningBatch:
             self.cache, self.mask, self.hidden = cache, mask, hidden
             self.next_pos, self.rows = positions[:, -1] + 1, list(rows)
             self.constraints, self.budgets, self.prompts = constraints, budgets, list(prompts)
+            self.guards = guards
             return
         self._merge(cache, mask, p)
         self.hidden = torch.cat([self.hidden, hidden])
         self.next_pos = torch.cat([self.next_pos, positions[:, -1] + 1])
         self.rows += rows
         self.budgets += budgets
+        self.guards += guards
         self.prompts += prompts
         if constraints is not None:
             self.constraints += constraints
@@ -242,6 +247,10 @@ class RunningBatch:
         out.append(token)
         if self.constraints is not None:
             self.constraints[slot].advance(token)
+        cut = self.guards[slot].cut_at(out)
+        if cut is not None:  # a looping answer: it ends after its last allowed line
+            out[cut:] = [self.gen.eot]  # ended like any answer (the stop token is dropped later)
+            return True
         return len(out) >= self.budgets[slot] or token in self.gen.stop_ids
 
     def _guess(self, slot: int, size: int) -> tuple[list[int], list]:
@@ -261,12 +270,14 @@ class RunningBatch:
     def _keep(self, slots: list[int]) -> None:
         if not slots:
             self.rows, self.cache, self.constraints, self.budgets, self.prompts = [], None, None, [], []
+            self.guards = []
             return
         sel = torch.tensor(slots, device=self.mask.device)
         self.cache.batch_select_indices(sel)
         self.mask, self.next_pos = self.mask[sel], self.next_pos[sel]
         self.rows = [self.rows[s] for s in slots]
         self.budgets = [self.budgets[s] for s in slots]
+        self.guards = [self.guards[s] for s in slots]
         self.prompts = [self.prompts[s] for s in slots]
         if self.constraints is not None:
             self.constraints = [self.constraints[s] for s in slots]

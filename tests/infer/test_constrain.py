@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from nerft.data.example import Span
 from nerft.infer.constrain import AnswerConstraint, AnswerLogitsProcessor, token_bytes
-from nerft.infer.generate import answer_token_budget, generate_answers
+from nerft.infer.generate import generate_answers
+from nerft.infer.stopping import answer_token_budget
 from nerft.prompt import NO_ENTITY, Task, format_answer, parse_answer
 
 TASK = Task(("地点", "人名", "地理实体", "组织"))

@@ -7,10 +7,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from nerft.infer.constrain import constrained_factory
-from nerft.infer.generate import AnswerGenerator, answer_token_budget, generate_answers, shared_prefix_ids
+from nerft.chat import encode_prompts, render_prompt, shared_prefix_ids
+from nerft.infer.generate import AnswerGenerator, generate_answers
+from nerft.infer.stopping import answer_token_budget
 from nerft.infer.running_batch import RunningBatch, lookup
 from nerft.prompt import Task, parse_answer
-from nerft.train.encode import render_prompt
 
 TASK = Task(("地点", "人名", "地理实体", "组织"))
 
@@ -130,7 +131,7 @@ def test_constrained_factory_works_with_model_generate(tiny, sentences):
 
 def test_shared_prefix_is_the_system_turn(qwen_tokenizer):
     prefix = qwen_tokenizer.decode(shared_prefix_ids(qwen_tokenizer, TASK))
-    assert prefix.startswith("<|im_start|>system\n") and prefix.endswith("<|im_end|>\n<|im_start|>")
+    assert prefix.startswith("<|im_start|>system\n") and prefix.endswith("<|im_end|>\n<|im_start|>user\n")
     assert TASK.system_prompt in prefix
 
 

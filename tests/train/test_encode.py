@@ -1,6 +1,7 @@
 from nerft.data.example import Example, Span
 from nerft.prompt import Task, format_answer
-from nerft.train.encode import IGNORE, encode_examples, render_prompt
+from nerft.chat import render_prompt
+from nerft.train.encode import IGNORE, encode_examples
 
 TASK = Task(("地点", "人名", "地理实体", "组织"))
 EXAMPLES = [
