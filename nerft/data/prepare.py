@@ -208,9 +208,10 @@ def _length_outliers(prep: Prepared) -> list[str]:
     long = sorted((ex for ex in rows if len(ex.text) > limit), key=lambda ex: -len(ex.text))
     if not long:
         return []
-    return [f"{len(long):,} rows are far longer than the rest (over {limit:,} characters; median "
+    rows_are = "1 row is" if len(long) == 1 else f"{len(long):,} rows are"
+    return [f"{rows_are} far longer than the rest (over {limit:,} characters; median "
             f"{median:,}); the longest, {len(long[0].text):,} characters, is {long[0].origin}; "
-            "training cuts rows at its max_length"]
+            "training skips rows over its data.max_length tokens"]
 
 
 def _drop(rej: Rejection, count: FileCount, rejections: list[Rejection], strict: bool) -> None:

@@ -64,7 +64,7 @@ def print_summary(stats: dict, out_dir: str, console: Console | None = None) -> 
 
     # Which name each corpus label became, and where that name came from.
     several_formats = len({r["format"] for r in stats.get("label_map", [])}) > 1
-    label_table = Table(title="Labels (corpus label → name the model sees; - means dropped)",
+    label_table = Table(title="Labels (name the model sees; - dropped)",
                         title_justify="left")
     for col in ("corpus label", *(("format",) if several_formats else ()), "name", "from",
                 "entities", "removed"):

@@ -47,7 +47,7 @@ def test_default_keeps_what_a_complete_label_map_keeps(request, cli, tmp_path, c
         assert table[code]["entities_kept"] == sum(l == code for _, s in corpus for *_, l in s)
         assert table[code]["source"] in ("built-in", "preset conll")
     # The summary names the map, label by label, with counts.
-    assert "Labels (corpus label" in res.stdout and "built-in" in res.stdout
+    assert "Labels (name the model sees" in res.stdout and "built-in" in res.stdout
     for code in expected_names:
         assert code in res.stdout
 

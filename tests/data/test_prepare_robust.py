@@ -288,7 +288,7 @@ def test_an_outlier_length_row_is_a_warning(cli, tmp_path):
     res = cli("data", "prepare", path, "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     msg = one_line(res.stderr)
-    assert "warning: 1 rows are far longer than the rest" in msg
+    assert "warning: 1 row is far longer than the rest" in msg
     assert f"200,000 characters, is {path}:11" in msg
     res = cli("data", "prepare", path.with_name("short.jsonl"), "--out", tmp_path / "o2")
     assert "far longer" not in res.stderr
