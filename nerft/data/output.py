@@ -81,8 +81,9 @@ def _carry_over(old: Path, out: Path) -> None:
 
 def recover(out: Path) -> None:
     """Clean up after a run into `out` that was killed (its process is gone)."""
-    for entry in sorted(out.parent.glob(f".{out.name}.*-*")):
-        kind, _, pid = entry.name[len(out.name) + 2:].rpartition("-")
+    prefix = f".{out.name}."  # matched as text: a folder name may hold glob characters
+    for entry in sorted(p for p in out.parent.iterdir() if p.name.startswith(prefix)):
+        kind, _, pid = entry.name[len(prefix):].rpartition("-")
         if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
             continue
         if kind == "partial":

@@ -4,6 +4,7 @@ half-written, and every message is one readable line."""
 import bz2
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 
@@ -173,20 +174,32 @@ def test_a_failure_while_writing_leaves_the_previous_output_whole(tmp_path, weib
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "resume.char.bmes", "weibo.bio"]
 
 
-def test_a_killed_swap_is_recovered_by_the_next_run(tmp_path, weibo_prepared):
-    out = tmp_path / "o"
+@pytest.mark.parametrize("name", ["o", "o[1]"])  # glob characters in the folder name
+def test_a_killed_swap_is_recovered_by_the_next_run(tmp_path, weibo_prepared, resume_file, name):
+    out = tmp_path / name
     write_prepared(weibo_prepared, out, ratios=(0.5, 0.25, 0.25), seed=42)
     (out / "notes.md").write_text("mine", encoding="utf-8")
+    before = (out / "train.jsonl").read_bytes()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     # Killed between the two renames: the old folder is aside, the new one was never swapped in.
-    out.rename(tmp_path / f".o.old-{dead.pid}")
-    (tmp_path / f".o.partial-{dead.pid}").mkdir()
+    out.rename(tmp_path / f".{name}.old-{dead.pid}")
+    (tmp_path / f".{name}.partial-{dead.pid}").mkdir()
     from nerft.data.output import recover
 
     recover(out.resolve())
     assert (out / "notes.md").read_text(encoding="utf-8") == "mine"
-    assert is_whole(out) and sorted(p.name for p in tmp_path.iterdir()) == ["o", "weibo.bio"]
+    assert (out / "train.jsonl").read_bytes() == before and is_whole(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "resume.char.bmes", "weibo.bio"])
+    # Killed after the swap, before the user's files were moved over: the next run moves them.
+    write_prepared(prepare([resume_file]), out, ratios=(0.7, 0.15, 0.15), seed=42)
+    old = tmp_path / f".{name}.old-{dead.pid}"
+    shutil.copytree(out, old)
+    (out / "notes.md").unlink()
+    recover(out.resolve())
+    assert (out / "notes.md").read_text(encoding="utf-8") == "mine" and is_whole(out)
+    assert sorted(all_texts(out)) == sorted(t for t, _ in RESUME)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "resume.char.bmes", "weibo.bio"])
 
 
 def is_whole(out):
