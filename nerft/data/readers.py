@@ -63,8 +63,8 @@ def iter_lines(path: Path) -> Iterator[TaggedLine]:
                     yield TaggedLine(lineno, raw.decode("utf-8").rstrip("\r\n"))
                 except UnicodeDecodeError as e:
                     yield TaggedLine(lineno, None, f"invalid UTF-8 at byte {e.start}")
-        except (OSError, EOFError, lzma.LZMAError) as e:  # a truncated or corrupt .gz/.bz2/.xz
-            raise DataError(f"{path}: cannot decompress: {e}") from None
+        except (OSError, EOFError, lzma.LZMAError) as e:  # e.g. a truncated or corrupt .gz
+            raise DataError(f"{path}: cannot read: {e}") from None
 
 
 def detect_format(path: Path) -> str:

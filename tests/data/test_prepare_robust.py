@@ -315,3 +315,11 @@ def test_cli_subprocess_has_no_traceback_for_bad_split(tmp_path, weibo_file):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "expected three non-negative numbers summing to 1" in res.stderr
     assert "NaN" not in res.stderr
+
+
+def test_a_truncated_gz_is_one_line(cli, tmp_path):
+    path = tmp_path / "resume.bmes.gz"
+    path.write_bytes(gzip.compress(conll_text(RESUME * 50, "BMES").encode())[:400])
+    res = cli("data", "prepare", path, "--out", tmp_path / "o")
+    assert res.exit_code == 2
+    assert f"{path}: cannot read:" in one_line(res.stderr) and "Traceback" not in res.output
