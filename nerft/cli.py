@@ -50,8 +50,10 @@ def data_prepare(
 ):
     """Clean and split corpora into the canonical span format.
 
-    Exit codes: 0 done; 1 nothing kept or most rows rejected (nothing written); 2 bad arguments,
-    unreadable input, or the first bad row under --strict.
+    \b
+    Exit codes: 0 done
+                1 no rows kept, or most rows rejected (nothing written)
+                2 bad arguments or input, or the first bad row under --strict
 
     \b
     Examples:
