@@ -323,3 +323,38 @@ def test_a_truncated_gz_is_one_line(cli, tmp_path):
     res = cli("data", "prepare", path, "--out", tmp_path / "o")
     assert res.exit_code == 2
     assert f"{path}: cannot read:" in one_line(res.stderr) and "Traceback" not in res.output
+
+
+KILLED_WRITER = """
+import sys, time
+import nerft.data.prepare as p
+real = p.write_jsonl
+def slow(path, rows):
+    if path.name == "test.jsonl":
+        print("ready", flush=True)
+        time.sleep(60)
+    return real(path, rows)
+p.write_jsonl = slow
+prep = p.prepare([sys.argv[1]])
+p.write_prepared(prep, sys.argv[2], ratios=(0.7, 0.15, 0.15), seed=42)
+"""
+
+
+def test_kill_9_while_writing_keeps_the_old_output_and_the_next_run_tidies_up(
+        cli, tmp_path, weibo_file, resume_file):
+    out = tmp_path / "o"
+    assert cli("data", "prepare", weibo_file, "--out", out).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in OUTPUT_FILES}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(resume_file), str(out)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"  # train.jsonl and val.jsonl written
+    finally:
+        proc.kill()
+        proc.wait()
+    assert {name: (out / name).read_bytes() for name in OUTPUT_FILES} == before
+    assert (tmp_path / f".o.partial-{proc.pid}").is_dir()  # the half-built folder, beside
+    res = cli("data", "prepare", resume_file, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert sorted(all_texts(out)) == sorted(t for t, _ in RESUME)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "resume.char.bmes", "weibo.bio"]
