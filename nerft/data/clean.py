@@ -4,7 +4,10 @@ Policy (documented for users in README):
 - empty or whitespace-only text: row dropped;
 - a span out of range or whose text disagrees with the sentence: row dropped (keeping the row
   without that entity would teach the model that the mention is not an entity);
-- a label missing from the label map: row dropped, naming the label and how to map it;
+- a label whose name cannot go into the instruction (empty, a line break, a chat-template
+  token): row dropped, naming the label;
+- a label the user's map drops on purpose (`NOM=-`): the entity is removed, the row is kept
+  (repaired): the user has said such mentions are not entities of the task;
 - the same span listed twice: the copy is removed (row repaired);
 - overlapping (nested or crossing) spans: the longer span is kept, ties go to the earlier one
   (row repaired); the answer format cannot express nesting.
@@ -12,11 +15,23 @@ Policy (documented for users in README):
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
+
 from nerft.data.example import Example, Rejection, Span
+from nerft.data.labels import LabelMapper, label_problem
 
 
-def clean_example(ex: Example, label_map: dict[str, str] | None) -> tuple[Example | None, list[Rejection]]:
-    """Return the cleaned example (or None when dropped) and the rejections that explain it."""
+@dataclass
+class Cleaned:
+    example: Example | None  # None when the row is dropped
+    notes: list[Rejection]
+    kept: Counter = field(default_factory=Counter)  # (corpus label, format) -> entities kept
+    dropped: Counter = field(default_factory=Counter)  # ... -> entities removed by the map
+
+
+def clean_example(ex: Example, fmt: str, mapper: LabelMapper) -> Cleaned:
+    """Check one example's spans, map its labels and resolve overlaps."""
     file, _, line = ex.origin.rpartition(":")
     lineno = int(line) if line.isdigit() else 0
 
@@ -24,27 +39,41 @@ def clean_example(ex: Example, label_map: dict[str, str] | None) -> tuple[Exampl
         return Rejection(file, lineno, reason, detail, action=action)
 
     if not ex.text.strip():
-        return None, [reject("empty_text", "field 'text' is empty")]
+        return Cleaned(None, [reject("empty_text", "field 'text' is empty")])
     spans: list[Span] = []
+    code_of: dict[tuple[int, int, str], str] = {}
+    removed: list[str] = []
+    dropped: Counter = Counter()
     for i, s in enumerate(ex.entities):
         if not (0 <= s.start < s.end <= len(ex.text)):
-            return None, [reject("span_out_of_range",
-                                 f"entity {i} [{s.start}, {s.end}) outside text of length {len(ex.text)}")]
+            return Cleaned(None, [reject("span_out_of_range",
+                                         f"entity {i} [{s.start}, {s.end}) outside text of length {len(ex.text)}")])
         actual = ex.text[s.start:s.end]
         if actual != s.text:
-            return None, [reject("span_text_mismatch",
-                                 f"entity {i} [{s.start}, {s.end}) says {s.text!r} but the text has {actual!r}")]
-        if label_map is not None:
-            if s.label not in label_map:
-                return None, [reject("unknown_label",
-                                     f"entity {i} label {s.label!r} is not in the label map; "
-                                     f"add it with --label-map {s.label}=NAME")]
-            s = Span(s.start, s.end, label_map[s.label], s.text)
-        spans.append(s)
+            return Cleaned(None, [reject("span_text_mismatch",
+                                         f"entity {i} [{s.start}, {s.end}) says {s.text!r} but the text has {actual!r}")])
+        use = mapper.resolve(s.label, fmt)
+        if use.name is None:
+            dropped[(s.label, fmt)] += 1
+            removed.append(f"{s.label} {s.text!r} [{s.start}, {s.end})")
+            continue
+        problem = label_problem(use.name)
+        if problem:
+            named = repr(s.label) + ("" if use.name == s.label else f" (named {use.name!r})")
+            return Cleaned(None, [reject("invalid_label",
+                                         f"entity {i} label {named} {problem}; labels become part "
+                                         "of the instruction; rename it with --label-map")])
+        mapped = Span(s.start, s.end, use.name, s.text)
+        code_of.setdefault((mapped.start, mapped.end, mapped.label), s.label)
+        spans.append(mapped)
 
     spans, notes = resolve_overlaps(spans)
     repairs = [reject(reason, detail, action="repaired") for reason, detail in notes]
-    return Example(ex.id, ex.text, spans, ex.origin), repairs
+    if removed:
+        repairs.append(reject("label_dropped", "removed by the label map: " + ", ".join(removed),
+                              action="repaired"))
+    kept = Counter((code_of[(s.start, s.end, s.label)], fmt) for s in spans)
+    return Cleaned(Example(ex.id, ex.text, spans, ex.origin), repairs, kept, dropped)
 
 
 def resolve_overlaps(spans: list[Span]) -> tuple[list[Span], list[tuple[str, str]]]:

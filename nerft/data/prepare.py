@@ -14,12 +14,14 @@ from pathlib import Path
 from nerft.cache import sha256_file
 from nerft.data.clean import clean_example
 from nerft.data.example import Example, Rejection, write_jsonl
-from nerft.data.labels import label_map_for
+from nerft.data.labels import LabelMapper
+from nerft.data.output import swap_in
 from nerft.data.readers import DataError, read_file
 from nerft.data.split import SPLITS, assign_splits, split_from_name
 from nerft.data.stats import split_stats
 
 _PRIORITY = {"test": 0, "val": 1, "train": 2, None: 3}
+WARN_SHARE = 0.05  # a reason that drops more than this share of the rows read gets a warning
 
 
 @dataclass
@@ -43,6 +45,12 @@ class Prepared:
     labels: list[str]
     split_policy: str
     duplicate_counts: Counter = field(default_factory=Counter)
+    label_table: list[dict] = field(default_factory=list)
+    unused_map_keys: list[str] = field(default_factory=list)
+
+
+class PrepareFailed(DataError):
+    """The inputs were read but the result is not worth writing (no rows, mostly rejected)."""
 
 
 def prepare(inputs: list[Path], *, fmt: str | None = None, user_label_map: dict[str, str] | None = None,
@@ -51,15 +59,13 @@ def prepare(inputs: list[Path], *, fmt: str | None = None, user_label_map: dict[
     rejections: list[Rejection] = []
     files: list[FileCount] = []
     candidates: list[tuple[int, int, Example]] = []  # (file index, order, example)
-    label_order: list[str] = []
+    label_counts: dict[int, tuple[Counter, Counter]] = {}  # order -> (kept, dropped) by label
+    mapper = LabelMapper(dict(user_label_map or {}))
     for fi, path in enumerate(inputs):
         path = Path(path)
         fmt_used, rows = read_file(path, fmt)
         count = FileCount(str(path), fmt_used, sha256_file(path), split_from_name(path))
         files.append(count)
-        label_map = label_map_for(fmt_used, user_label_map or {})
-        if label_map:
-            label_order.extend(label_map.values())
         repaired_by_reader = False  # a reader's repair notes come just before their example
         for row in rows:
             if isinstance(row, Rejection):
@@ -71,15 +77,16 @@ def prepare(inputs: list[Path], *, fmt: str | None = None, user_label_map: dict[
                     repaired_by_reader = True
                 continue
             count.read += 1
-            cleaned, notes = clean_example(row, label_map)
-            for note in notes:
+            cleaned = clean_example(row, fmt_used, mapper)
+            for note in cleaned.notes:
                 if note.action == "dropped":
                     _drop(note, count, rejections, strict)
                 else:
                     rejections.append(note)
-            if cleaned is not None:
-                count.repaired += repaired_by_reader or bool(notes)
-                candidates.append((fi, len(candidates), cleaned))
+            if cleaned.example is not None:
+                count.repaired += repaired_by_reader or bool(cleaned.notes)
+                label_counts[len(candidates)] = (cleaned.kept, cleaned.dropped)
+                candidates.append((fi, len(candidates), cleaned.example))
             repaired_by_reader = False
 
     declared = {f.declared_split for f in files}
@@ -89,8 +96,14 @@ def prepare(inputs: list[Path], *, fmt: str | None = None, user_label_map: dict[
     if keep_file_splits:
         candidates.sort(key=lambda c: (_PRIORITY[files[c[0]].declared_split], c[1]))
     unique = _deduplicate(candidates, files, rejections)
-    for fi, _, _ in unique:
+    for fi, order, _ in unique:
         files[fi].kept += 1
+        mapper_counts = label_counts[order]
+        for key, n in mapper_counts[0].items():
+            mapper.uses[key].kept += n
+        for key, n in mapper_counts[1].items():
+            mapper.uses[key].dropped += n
+    _unique_ids(unique, files)
 
     reading_order = {id(ex): order for _, order, ex in unique}
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
@@ -109,9 +122,96 @@ def prepare(inputs: list[Path], *, fmt: str | None = None, user_label_map: dict[
         if f.read != f.kept + f.rejected + f.duplicates:
             raise AssertionError(f"count mismatch for {f.file}: {f}")  # a bug, never bad input
     seen = {s.label for exs in splits.values() for ex in exs for s in ex.entities}
+    label_order = mapper.order([f.format for f in files])
     labels = list(dict.fromkeys([l for l in label_order if l in seen] + sorted(seen)))
     dup_counts = Counter(r.reason for r in rejections if r.reason.endswith("duplicate"))
-    return Prepared(splits, rejections, files, labels, policy, dup_counts)
+    return Prepared(splits, rejections, files, labels, policy, dup_counts, mapper.table(),
+                    mapper.unused_keys())
+
+
+def _unique_ids(unique, files) -> None:
+    """Ids are `file-stem:line`; inputs with the same name (a/train.txt, b/train.txt) get the
+    shortest path tail that tells them apart, and any id still taken (canonical files carry
+    their own) gets a `~N` suffix."""
+    paths = [Path(f.file) for f in files]
+    tails = {}
+    for i, p in enumerate(paths):
+        parts = p.with_suffix("").parts if p.suffix else p.parts
+        depth = 1
+        while depth < len(parts) and any(
+                j != i and Path(*paths[j].with_suffix("").parts[-depth:]) == Path(*parts[-depth:])
+                for j in range(len(paths)) if paths[j].stem == p.stem):
+            depth += 1
+        tails[i] = "/".join(parts[-depth:])
+    taken: set[str] = set()
+    for fi, _, ex in unique:
+        stem = paths[fi].stem
+        if ex.id.startswith(stem + ":") and tails[fi] != stem:
+            ex.id = tails[fi] + ex.id[len(stem):]
+        if ex.id in taken:
+            n = 2
+            while f"{ex.id}~{n}" in taken:
+                n += 1
+            ex.id = f"{ex.id}~{n}"
+        taken.add(ex.id)
+
+
+def check_outcome(prep: Prepared) -> list[str]:
+    """Warnings worth a visible line; raises PrepareFailed when nothing useful was kept."""
+    totals = Counter()
+    for f in prep.files:
+        totals.update({"read": f.read, "kept": f.kept, "rejected": f.rejected})
+    by_reason: dict[str, list[Rejection]] = {}
+    for r in prep.rejections:
+        if r.action == "dropped" and not r.reason.endswith("duplicate"):
+            by_reason.setdefault(r.reason, []).append(r)
+    top = sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
+
+    def examples(n: int) -> str:
+        return "".join(f"\n  {reason}: {len(rs):,} rows, e.g. {_example_line(rs[0])}"
+                       for reason, rs in top[:n])
+
+    read, kept, rejected = totals["read"], totals["kept"], totals["rejected"]
+    if kept == 0:
+        raise PrepareFailed(f"no rows kept ({read:,} read, {rejected:,} rejected); nothing written"
+                            + (examples(3) if top else "; the inputs hold no rows") +
+                            "\n  check --format and the input files")
+    if rejected * 2 > read:
+        raise PrepareFailed(f"{rejected:,} of {read:,} rows rejected (more than half); nothing "
+                            f"written; the main reasons:{examples(3)}\n  check --format and the "
+                            "input files, or see them all with --strict")
+    warnings = [f"{len(rs):,} of {read:,} rows ({len(rs) / read:.0%}) dropped as {reason}, "
+                f"e.g. {_example_line(rs[0])}"
+                for reason, rs in top if len(rs) > WARN_SHARE * read]
+    warnings += _length_outliers(prep)
+    if prep.unused_map_keys:
+        warnings.append("--label-map names labels the inputs do not have: "
+                        + ", ".join(prep.unused_map_keys))
+    return warnings
+
+
+def _example_line(r: Rejection) -> str:
+    line = r.one_line()
+    if r.raw is not None:
+        line += f" | {r.raw[:80]!r}"
+    return line
+
+
+def _length_outliers(prep: Prepared) -> list[str]:
+    """Rows far longer than the rest: a pasted document or a missing sentence break."""
+    rows = [ex for exs in prep.splits.values() for ex in exs]
+    lengths = sorted(len(ex.text) for ex in rows)
+    if not lengths:
+        return []
+    median = lengths[len(lengths) // 2]
+    limit = max(20 * median, 1000)
+    long = sorted((ex for ex in rows if len(ex.text) > limit), key=lambda ex: -len(ex.text))
+    if not long:
+        return []
+    rows_are = "1 row is" if len(long) == 1 else f"{len(long):,} rows are"
+    return [f"{rows_are} far longer than the rest (over {limit:,} characters; median "
+            f"{median:,}); the longest, {len(long[0].text):,} characters, is {long[0].origin}; "
+            "training skips rows over its data.max_length tokens"]
 
 
 def _drop(rej: Rejection, count: FileCount, rejections: list[Rejection], strict: bool) -> None:
@@ -160,29 +260,34 @@ def _keep_file_splits(unique, files, ratios, seed):
 
 
 def write_prepared(prep: Prepared, out: Path, *, ratios, seed) -> dict:
-    """Write the three splits, rejected.jsonl and stats.json; return the stats."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, exs in prep.splits.items():
-        write_jsonl(out / f"{name}.jsonl", (ex.to_dict() for ex in exs))
-    write_jsonl(out / "rejected.jsonl", (r.to_dict() for r in prep.rejections))
+    """Write the three splits, rejected.jsonl and stats.json into `out` as one swap; return
+    the stats. A crash or kill leaves the previous folder (or none), never a mix of the two."""
     dropped = Counter(r.reason for r in prep.rejections
                       if r.action == "dropped" and not r.reason.endswith("duplicate"))
     repaired = Counter(r.reason for r in prep.rejections if r.action == "repaired")
     totals = {k: sum(getattr(f, k) for f in prep.files)
               for k in ("read", "kept", "rejected", "duplicates", "repaired")}
     stats = {
+        "tool": "nerft data prepare",
         "inputs": [vars(f) for f in prep.files],
         "totals": totals,
         "dropped_by_reason": dict(dropped),
         "repaired_by_reason": dict(repaired),
         "duplicates_by_kind": dict(prep.duplicate_counts),
         "labels": prep.labels,
+        "label_map": prep.label_table,
         "split_policy": prep.split_policy,
         "ratios": list(ratios),
         "seed": seed,
         "splits": {name: split_stats(exs, prep.labels) for name, exs in prep.splits.items()},
     }
-    tmp = out / "stats.json.tmp"
-    tmp.write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
-    tmp.replace(out / "stats.json")
+
+    def build(folder: Path) -> None:
+        for name, exs in prep.splits.items():
+            write_jsonl(folder / f"{name}.jsonl", (ex.to_dict() for ex in exs))
+        write_jsonl(folder / "rejected.jsonl", (r.to_dict() for r in prep.rejections))
+        (folder / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2),
+                                           encoding="utf-8")
+
+    swap_in(Path(out), build)
     return stats

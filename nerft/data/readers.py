@@ -7,10 +7,13 @@ to `clean.py`, so every format gets the same checks.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import BinaryIO, Callable, Iterator, Union
 
 from nerft.data.example import Example, Rejection, Span
 
@@ -30,14 +33,38 @@ class TaggedLine:
     error: str = ""
 
 
+# Compressed inputs are read as they are; archives of several files must be unpacked.
+_COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
+_ARCHIVES = ((b"PK\x03\x04", "a zip archive"), (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+             (b"Rar!", "a rar archive"))
+
+
+def open_bytes(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed when it is gzip/bz2/xz (told by content, not name)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, what in _ARCHIVES:
+        if head.startswith(magic):
+            raise DataError(f"{path}: {what}; unpack it and pass the corpus files inside")
+    for magic, opener in _COMPRESSED:
+        if head.startswith(magic):
+            return opener(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
 def iter_lines(path: Path) -> Iterator[TaggedLine]:
     """Lines decoded one by one, so one bad byte costs one line, not the file."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                yield TaggedLine(lineno, raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as e:
-                yield TaggedLine(lineno, None, f"invalid UTF-8 at byte {e.start}")
+    with open_bytes(path) as f:
+        try:
+            for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first row
+                try:
+                    yield TaggedLine(lineno, raw.decode("utf-8").rstrip("\r\n"))
+                except UnicodeDecodeError as e:
+                    yield TaggedLine(lineno, None, f"invalid UTF-8 at byte {e.start}")
+        except (OSError, EOFError, lzma.LZMAError) as e:  # e.g. a truncated or corrupt .gz
+            raise DataError(f"{path}: cannot read: {e}") from None
 
 
 def detect_format(path: Path) -> str:
@@ -86,8 +113,13 @@ def _first_lines(path: Path, n: int) -> Iterator[TaggedLine]:
 
 def read_file(path: Path, fmt: str | None = None) -> tuple[str, Iterator[Row]]:
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        hint = f" (it holds {', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''})" if inside else ""
+        raise DataError(f"{path}: is a folder; pass the corpus files inside it{hint}")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    open_bytes(path).close()  # an archive is refused before any work
     fmt = fmt or detect_format(path)
     if fmt not in READERS:
         raise DataError(f"{path}: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -197,11 +229,18 @@ _PREFIXES = {"B": "begin", "I": "inside", "M": "inside", "E": "end", "S": "singl
 
 
 def _split_tag_line(line: str) -> tuple[str, str] | None:
-    """`char<TAB>tag` or `char<space>tag`; the character itself may be a space."""
+    """`char<TAB>tag` or `char<space>tag`; the character itself may be a space.
+
+    Whitespace around the tag and between the two columns (`char<space><TAB>tag`, a trailing
+    space) is layout, not text; a token that is nothing but whitespace is a space character.
+    """
+    line = line.rstrip()
     sep = "\t" if "\t" in line else " "
     if sep not in line:
         return None
     token, tag = line.rsplit(sep, 1)
+    tag = tag.strip()
+    token = token.strip(" \t") or token[:1]
     if token == "" or not tag or " " in tag:
         return None
     if tag != "O" and (len(tag) < 3 or tag[0] not in _PREFIXES or tag[1] not in "-_"):

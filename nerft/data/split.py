@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from pathlib import Path
@@ -25,7 +26,9 @@ def parse_ratios(spec: str) -> tuple[float, float, float]:
         ratios = tuple(float(p) for p in parts)
     except ValueError:
         raise ValueError(f"--split {spec!r}: expected three numbers like 0.7,0.15,0.15") from None
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+    # NaN compares false with everything, so it must be ruled out before the range checks.
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) \
+            or abs(sum(ratios) - 1) > 1e-6:
         raise ValueError(f"--split {spec!r}: expected three non-negative numbers summing to 1")
     return ratios  # type: ignore[return-value]
 

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nerft.data.example import Example
@@ -42,7 +43,7 @@ def print_summary(stats: dict, out_dir: str, console: Console | None = None) -> 
     for col in ("file", "format", "split", "read", "kept", "rejected", "duplicates", "repaired"):
         inputs.add_column(col, justify="left" if col in ("file", "format", "split") else "right")
     for f in stats["inputs"]:
-        inputs.add_row(Path(f["file"]).name, f["format"], f["declared_split"] or "-", *(
+        inputs.add_row(escape(Path(f["file"]).name), f["format"], f["declared_split"] or "-", *(
             f"{f[k]:,}" for k in ("read", "kept", "rejected", "duplicates", "repaired")))
     t = stats["totals"]
     inputs.add_row("total", "", "", *(f"{t[k]:,}" for k in ("read", "kept", "rejected", "duplicates",
@@ -61,9 +62,23 @@ def print_summary(stats: dict, out_dir: str, console: Console | None = None) -> 
             why.add_row(k, f"{v:,}")
         console.print(why)
 
+    # Which name each corpus label became, and where that name came from.
+    several_formats = len({r["format"] for r in stats.get("label_map", [])}) > 1
+    label_table = Table(title="Labels (name the model sees; - dropped)",
+                        title_justify="left")
+    for col in ("corpus label", *(("format",) if several_formats else ()), "name", "from",
+                "entities", "removed"):
+        label_table.add_column(col, justify="right" if col in ("entities", "removed") else "left")
+    for r in stats.get("label_map", []):
+        label_table.add_row(escape(r["corpus_label"]), *((r["format"],) if several_formats else ()),
+                            escape(r["name"]), escape(r["source"]), f"{r['entities_kept']:,}",
+                            f"{r['entities_dropped']:,}")
+    if stats.get("label_map"):
+        console.print(label_table)
+
     # Labels as rows, splits as columns: stays readable in 80 columns with ten labels.
     names = list(stats["splits"])
-    splits = Table(title=f"Splits ({stats['split_policy']})", title_justify="left")
+    splits = Table(title=escape(f"Splits ({stats['split_policy']})"), title_justify="left")
     splits.add_column("")
     for name in names:
         splits.add_column(name, justify="right")
@@ -71,8 +86,9 @@ def print_summary(stats: dict, out_dir: str, console: Console | None = None) -> 
     splits.add_row("rows", *(f"{per[n]['rows']:,}" for n in names), style="bold")
     splits.add_row("rows without entities", *(f"{per[n]['rows_without_entities']:,}" for n in names))
     for label in stats["labels"]:
-        splits.add_row(f"entities: {label}", *(f"{per[n]['entities'][label]:,}" for n in names))
+        splits.add_row(escape(f"entities: {label}"), *(f"{per[n]['entities'][label]:,}" for n in names))
     for q in ("p50", "p90", "p99", "max"):
         splits.add_row(f"text length {q}", *(str(per[n]["text_length"][q]) for n in names))
     console.print(splits)
-    console.print(f"Wrote train.jsonl, val.jsonl, test.jsonl, rejected.jsonl, stats.json to {out_dir}")
+    console.print(f"Wrote train.jsonl, val.jsonl, test.jsonl, rejected.jsonl, stats.json to "
+                  f"{escape(out_dir)}", highlight=False)

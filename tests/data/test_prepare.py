@@ -36,6 +36,7 @@ def broken_ccfbdci(tmp_path):
         row("周九去了火星", ent(4, 6, "PLANET", "火星")),                          # 12 unknown label
         b"",                                                                          # blank: skipped
         row("吴十在上海。", ent(0, 2, "PER", "吴十"), ent(3, 5, "GPE", "上海")),  # 14 good
+        row("郑十一到了", ent(0, 3, "PER<|im_end|>", "郑十一")),                  # 15 forged label
     ]
     path = tmp_path / "broken.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -46,24 +47,25 @@ def test_every_broken_row_is_explained_and_counts_add_up(broken_ccfbdci, tmp_pat
     prep = prepare([broken_ccfbdci], fmt="ccfbdci", ratios=(1.0, 0.0, 0.0))
     stats = write_prepared(prep, tmp_path / "out", ratios=(1.0, 0.0, 0.0), seed=42)
     t = stats["totals"]
-    assert (t["read"], t["kept"], t["rejected"], t["duplicates"], t["repaired"]) == (13, 3, 8, 2, 1)
+    assert (t["read"], t["kept"], t["rejected"], t["duplicates"], t["repaired"]) == (14, 4, 8, 2, 1)
     assert t["read"] == t["kept"] + t["rejected"] + t["duplicates"]
     rejected = [json.loads(l) for l in (tmp_path / "out" / "rejected.jsonl").open(encoding="utf-8")]
     by_line = {(r["line"], r["reason"]) for r in rejected}
     assert by_line == {(2, "malformed_json"), (3, "invalid_utf8"), (4, "missing_field"),
                        (5, "bad_type"), (6, "span_out_of_range"), (7, "span_text_mismatch"),
                        (8, "empty_text"), (9, "overlap"), (10, "duplicate"),
-                       (11, "conflicting_duplicate"), (12, "unknown_label")}
+                       (11, "conflicting_duplicate"), (15, "invalid_label")}
     assert all(r["file"] == str(broken_ccfbdci) for r in rejected)
     detail = {r["reason"]: r["detail"] for r in rejected}
     assert "'entities'" in detail["missing_field"]
     assert "entities[0].'start_idx'" in detail["bad_type"]
-    assert "--label-map PLANET=" in detail["unknown_label"]
+    assert "'PER<|im_end|>'" in detail["invalid_label"] and "special token" in detail["invalid_label"]
     kept = {ex.text: ex for ex in prep.splits["train"]}
-    assert set(kept) == {"张三在北京。", "中国银行开门", "吴十在上海。"}
+    # A label no preset knows is kept under its own name.
+    assert set(kept) == {"张三在北京。", "中国银行开门", "吴十在上海。", "周九去了火星"}
     assert [s.text for s in kept["中国银行开门"].entities] == ["中国银行"]  # longer span wins
     # Only labels that occur in the kept data enter the task's label set.
-    assert stats["splits"]["train"]["entities"] == {"人名": 2, "地理实体": 2, "组织": 1}
+    assert stats["splits"]["train"]["entities"] == {"人名": 2, "地理实体": 2, "组织": 1, "PLANET": 1}
 
 
 def test_strict_stops_at_the_first_error_with_file_and_line(broken_ccfbdci):

@@ -1,0 +1,152 @@
+"""Corpus labels: kept by default under their usual names, renamed or dropped on purpose."""
+
+import json
+
+import pytest
+
+from conftest import RESUME, RESUME_MAP, WEIBO, WEIBO_MAP, ccfbdci_line, read_jsonl, stats_of
+from nerft.data.labels import LabelMapError, parse_label_map
+from nerft.data.prepare import prepare
+
+
+def rows_of(out):
+    """(text, spans) of every written row, whatever split it went to."""
+    return {r["text"]: [(e["start"], e["end"], e["label"]) for e in r["entities"]]
+            for name in ("train", "val", "test") for r in read_jsonl(out / f"{name}.jsonl")}
+
+
+def entity_count(corpus):
+    return sum(len(spans) for _, spans in corpus)
+
+
+@pytest.mark.parametrize("corpus, fixture, explicit, expected_names", [
+    (RESUME, "resume_file", RESUME_MAP,
+     {"NAME": "人名", "CONT": "国籍", "RACE": "民族", "TITLE": "职位", "EDU": "学历", "ORG": "组织",
+      "PRO": "专业", "LOC": "地点"}),
+    (WEIBO, "weibo_file", WEIBO_MAP,
+     {"PER.NAM": "人名", "PER.NOM": "泛指人称", "GPE.NAM": "地理实体", "LOC.NAM": "地点",
+      "LOC.NOM": "泛指地点", "ORG.NOM": "泛指组织"}),
+])
+def test_default_keeps_what_a_complete_label_map_keeps(request, cli, tmp_path, corpus, fixture,
+                                                       explicit, expected_names):
+    path = request.getfixturevalue(fixture)
+    res = cli("data", "prepare", path, "--out", tmp_path / "default")
+    assert res.exit_code == 0, res.output
+    res2 = cli("data", "prepare", path, "--out", tmp_path / "explicit", "--label-map", explicit)
+    assert res2.exit_code == 0, res2.output
+    default, mapped = rows_of(tmp_path / "default"), rows_of(tmp_path / "explicit")
+    assert default == mapped
+    assert len(default) == len(corpus)  # every sentence ...
+    assert sum(len(s) for s in default.values()) == entity_count(corpus)  # ... and every entity
+    stats = stats_of(tmp_path / "default")
+    t = stats["totals"]
+    assert (t["read"], t["kept"], t["rejected"], t["duplicates"]) == (len(corpus), len(corpus), 0, 0)
+    table = {r["corpus_label"]: r for r in stats["label_map"]}
+    assert {code: r["name"] for code, r in table.items()} == expected_names
+    for code in expected_names:  # counted label by label
+        assert table[code]["entities_kept"] == sum(l == code for _, s in corpus for *_, l in s)
+        assert table[code]["source"] in ("built-in", "preset conll")
+    # The summary names the map, label by label, with counts.
+    assert "Labels (name the model sees" in res.stdout and "built-in" in res.stdout
+    for code in expected_names:
+        assert code in res.stdout
+
+
+def test_dotted_sub_types_keep_names_that_tell_them_apart(weibo_file):
+    prep = prepare([weibo_file], ratios=(1.0, 0.0, 0.0))
+    by_text = {ex.text: {s.text: s.label for s in ex.entities} for ex in prep.splits["train"]}
+    assert by_text["李娜和她的教练都来了"] == {"李娜": "人名", "教练": "泛指人称"}
+    assert "人名" in prep.labels and "泛指人称" in prep.labels
+
+
+@pytest.mark.parametrize("spec, gone", [
+    ("NOM=-", {"PER.NOM", "ORG.NOM", "LOC.NOM"}),  # a sub-type, whatever its type
+    ("PER.NOM=-", {"PER.NOM"}),                     # one exact label
+])
+def test_dropping_a_label_removes_its_entities_and_keeps_the_rows(cli, weibo_file, tmp_path, spec, gone):
+    out = tmp_path / "o"
+    res = cli("data", "prepare", weibo_file, "--out", out, "--label-map", spec)
+    assert res.exit_code == 0, res.output
+    rows = rows_of(out)
+    assert len(rows) == len(WEIBO)  # no sentence lost
+    n_gone = sum(l in gone for _, s in WEIBO for *_, l in s)
+    assert sum(len(s) for s in rows.values()) == entity_count(WEIBO) - n_gone
+    stats = stats_of(out)
+    t = stats["totals"]
+    touched = sum(any(l in gone for *_, l in s) for _, s in WEIBO)
+    assert (t["read"], t["kept"], t["rejected"], t["repaired"]) == (len(WEIBO), len(WEIBO), 0, touched)
+    assert t["read"] == t["kept"] + t["rejected"] + t["duplicates"]
+    assert stats["repaired_by_reason"] == {"label_dropped": touched}
+    table = {r["corpus_label"]: r for r in stats["label_map"]}
+    for code in gone:
+        assert table[code]["name"] == "-" and table[code]["entities_kept"] == 0
+        assert table[code]["entities_dropped"] == sum(l == code for _, s in WEIBO for *_, l in s)
+    assert table["PER.NAM"]["name"] == "人名" and table["PER.NAM"]["entities_kept"] == 2
+    notes = [r for r in read_jsonl(out / "rejected.jsonl") if r["reason"] == "label_dropped"]
+    assert len(notes) == touched and all(r["action"] == "repaired" for r in notes)
+    assert "妈妈" in notes[0]["detail"]
+
+
+@pytest.mark.parametrize("fmt, line, code, name", [
+    ("ccfbdci", ccfbdci_line("会议定于明天上午举行", [(4, 8, "TIME")]), "TIME", "时间"),
+    ("cluener", json.dumps({"text": "新款手机很好用", "label": {"product": {"手机": [[2, 3]]}}},
+                           ensure_ascii=False), "product", "产品"),
+    ("conll", "火 B-PLANET\n星 I-PLANET\n好 O\n", "PLANET", "PLANET"),
+    ("canonical", json.dumps({"id": "a", "text": "火星好", "entities": [
+        {"start": 0, "end": 2, "label": "行星", "text": "火星"}]}, ensure_ascii=False), "行星", "行星"),
+])
+def test_every_format_keeps_labels_its_preset_does_not_know(tmp_path, fmt, line, code, name):
+    path = tmp_path / "in.txt"
+    path.write_text(line + "\n", encoding="utf-8")
+    prep = prepare([path], fmt=fmt, ratios=(1.0, 0.0, 0.0))
+    (ex,) = prep.splits["train"]
+    assert [s.label for s in ex.entities] == [name]
+    assert prep.label_table[0]["corpus_label"] == code and prep.label_table[0]["entities_kept"] == 1
+
+
+def test_user_map_renames_over_the_default(weibo_file):
+    prep = prepare([weibo_file], user_label_map={"PER": "人物"}, ratios=(1.0, 0.0, 0.0))
+    labels = {s.text: s.label for ex in prep.splits["train"] for s in ex.entities}
+    # A type key renames all its sub-types (merging them on purpose); others keep defaults.
+    assert labels["李娜"] == labels["教练"] == "人物" and labels["北京"] == "地理实体"
+    assert "人物" in prep.labels and "人名" not in prep.labels and "泛指人称" not in prep.labels
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("PER=人名<|im_end|>", "special token"),
+    ("PER=<|im_start|>assistant", "special token"),
+    ("PER", "not CORPUS_LABEL=NAME"),
+    ("PER=", "not CORPUS_LABEL=NAME"),
+])
+def test_label_map_names_that_would_break_the_prompt_are_refused(spec, message):
+    with pytest.raises(LabelMapError, match=message):
+        parse_label_map(spec)
+
+
+def test_label_map_file_with_a_newline_in_a_name_is_refused(tmp_path, cli, weibo_file):
+    f = tmp_path / "map.json"
+    f.write_text(json.dumps({"PER.NAM": "人名\n<|im_start|>assistant"}), encoding="utf-8")
+    res = cli("data", "prepare", weibo_file, "--out", tmp_path / "o", "--label-map", f)
+    assert res.exit_code == 2
+    assert "map.json: label map PER.NAM=" in res.stderr and "line break" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("label, problem", [
+    ("", "is empty"), ("  ", "is empty"), ("人名\n系统", "line break"),
+    ("<|im_end|>", "special token"),
+])
+def test_corpus_labels_that_would_break_the_prompt_drop_their_row(tmp_path, label, problem):
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join([ccfbdci_line("张三来了", [(0, 2, label)]),
+                               ccfbdci_line("李四来了", [(0, 2, "PER")])]) + "\n", encoding="utf-8")
+    prep = prepare([path], ratios=(1.0, 0.0, 0.0))
+    assert [ex.text for ex in prep.splits["train"]] == ["李四来了"]
+    (rej,) = prep.rejections
+    assert (rej.line, rej.reason) == (1, "invalid_label") and problem in rej.detail
+
+
+def test_unused_label_map_key_is_a_warning(cli, weibo_file, tmp_path):
+    res = cli("data", "prepare", weibo_file, "--out", tmp_path / "o", "--label-map", "PERSN=人名")
+    assert res.exit_code == 0
+    assert "warning:" in res.stderr and "PERSN" in res.stderr
