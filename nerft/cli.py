@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+
+from nerft.cli_common import err, fail
 
 app = typer.Typer(
     help="Fine-tune chat LLMs into Chinese named-entity recognisers: data → train → eval.",
@@ -18,17 +19,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Read, clean and split annotated corpora.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-err = Console(stderr=True)
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
-
-
-def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @data_app.command("prepare")
@@ -80,7 +70,7 @@ def data_prepare(
         prep = prepare(inputs, fmt=fmt, user_label_map=user_map, ratios=ratios,
                        seed=seed, strict=strict, resplit=resplit)
     except (DataError, LabelMapError, ValueError, OSError) as e:
-        fail(escape(str(e)))
+        fail(str(e))
     try:
         warnings = check_outcome(prep)
     except PrepareFailed as e:
@@ -89,7 +79,7 @@ def data_prepare(
     try:
         stats = write_prepared(prep, out, ratios=ratios, seed=seed)
     except OSError as e:
-        fail(escape(f"cannot write {out}: {e}"))
+        fail(f"cannot write {out}: {e}")
     print_summary(stats, str(out))
     for line in warnings:
         err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -100,7 +90,13 @@ def data_prepare(
 def train_cmd(
     ctx: typer.Context,
     config: Path = typer.Argument(..., help="YAML config (see configs/)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in training.output_dir."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in training.output_dir "
+                                "from its newest complete checkpoint (from step 0 if it has none)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove what a previous run wrote in "
+                                   "training.output_dir and start afresh."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the Python code the model ships (its auto_map). "
+        "Never read from a config file: only this flag allows it."),
 ):
     """Fine-tune a model on prepared data; KEY=VALUE arguments override the config.
 
@@ -112,16 +108,31 @@ def train_cmd(
       nerft train configs/demo-cpu.yaml --resume        # after a crash or kill
     """
     from nerft.config import ConfigError, load_config
+    from nerft.model import ModelSourceError
+    from nerft.run_dir import RunDirError
+    from nerft.train.resume import AlreadyFinished, RunStateError
     from nerft.train.workflow import TrainError, train
 
     overrides = list(ctx.args)
     for item in overrides:
         if "=" not in item:
             fail(f"unexpected argument {item!r}; overrides look like training.lr=2e-4")
+    if resume and overwrite:
+        fail("--resume continues a run and --overwrite starts it afresh: pass one of them")
     try:
         cfg = load_config(config, overrides)
-        summary = train(cfg, resume=resume)
-    except (ConfigError, TrainError) as e:
+        if cfg.model.trust_remote_code and not trust_remote_code:
+            raise ConfigError(f"{config}: model.trust_remote_code is never taken from a file; pass "
+                              "--trust-remote-code on the command line if you trust the model's code")
+        if trust_remote_code:
+            cfg.model.trust_remote_code = True  # recorded in the run's config.yaml
+            err.print(f"trusting and running the Python code that {cfg.model.source} ships "
+                      "(--trust-remote-code)", highlight=False)
+        summary = train(cfg, resume=resume, overwrite=overwrite)
+    except AlreadyFinished as e:
+        Console().print(str(e), highlight=False, soft_wrap=True)
+        return
+    except (ConfigError, TrainError, RunStateError, RunDirError, ModelSourceError) as e:
         fail(str(e))
     out = Console()
     out.print(f"[bold]done[/]: {summary.steps} steps; run directory {summary.run_dir}")
@@ -144,6 +155,9 @@ def eval_cmd(
                                    help="Sentences decoded together; finished ones are "
                                    "replaced from the queue."),
     constrain: bool = typer.Option(True, "--constrain/--no-constrain", help="Constrained decoding."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the Python code a model folder ships (its "
+        "auto_map). Never read from a run's files: only this flag allows it."),
 ):
     """Score a model on a split: metrics.json, predictions.jsonl, report.md and report.html.
 
@@ -155,8 +169,12 @@ def eval_cmd(
     """
     from rich.progress import Progress
 
+    from rich.markup import escape
+
     from nerft.eval.workflow import EvalInputError, evaluate_model, load_split, model_name, write_outputs
+    from nerft.infer.predict import InferenceError
     from nerft.model import ModelSourceError
+    from nerft.run_dir import RunDir
 
     try:
         examples, labels = load_split(data, split, limit)
@@ -170,11 +188,16 @@ def eval_cmd(
                 job = bar.add_task(f"predicting with {model_name(ref)}", total=len(examples))
                 evals.append(evaluate_model(ref, examples, labels, name=model_name(ref),
                                             batch_size=batch_size, constrained=constrain,
-                                            progress=lambda n: bar.advance(job, n)))
-        except (EvalInputError, ModelSourceError, ValueError) as e:
+                                            progress=lambda n: bar.advance(job, n),
+                                            trust_remote_code=trust_remote_code))
+        except (EvalInputError, ModelSourceError, InferenceError, ValueError) as e:
             fail(str(e))
+        if evals[-1].unseen_labels:
+            err.print(f"[yellow]warning:[/] {model_name(ref)} was not trained on the label(s) "
+                      f"{escape(', '.join(evals[-1].unseen_labels))} of this data; their entities "
+                      "count as missed", highlight=False)
     if out is None:
-        out = Path(model) / f"eval-{split}" if (Path(model) / "run.json").is_file() else Path("eval") / model_name(model)
+        out = Path(model) / f"eval-{split}" if RunDir.is_run(Path(model)) else Path("eval") / model_name(model)
     if compare:
         evals.reverse()  # report order: the reference first, so deltas read "model minus reference"
     md, page = write_outputs(evals, out, title=f"NER evaluation on {data} ({split})")
@@ -234,6 +257,10 @@ def demo_cmd(
 
 def main() -> None:
     from nerft import infer_cli, model_cli
+    from nerft.versions import too_old
+
+    for line in too_old():
+        fail(line)
 
     app.command("predict")(infer_cli.predict)
     app.add_typer(model_cli.app, name="model",

@@ -104,6 +104,16 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
+    def _backend_supports_packing(self):
+        # FlashAttention takes no 4D mask: transformers would read the shared-prefix mask as
+        # a padding mask. `flat` packing gives it the example boundaries through position ids.
+        if self.model.attn_implementation == "flash_attention_2" and self.training.packing == "shared_prefix":
+            raise ValueError("model.attn_implementation flash_attention_2 cannot use "
+                             "training.packing shared_prefix (it needs a 4D mask); "
+                             "set training.packing=flat")
+        return self
+
+    @model_validator(mode="after")
     def _paths_exist(self):
         for name in ("train.jsonl", "val.jsonl"):
             if not (self.data.dir / name).is_file():

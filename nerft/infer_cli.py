@@ -33,6 +33,9 @@ def predict(
                                    "replaced from the queue."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="torch CPU threads (default: torch's choice)."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the Python code a model folder ships (its "
+        "auto_map). Never read from a run's files: only this flag allows it."),
 ):
     """Find the entities in sentences with a trained run or any chat model.
 
@@ -43,12 +46,13 @@ def predict(
       nerft predict runs/ccfbdci --input data/ccfbdci/test.jsonl --output preds.jsonl
       nerft predict demo "李白出生于碎叶城。" --labels 人名,地点 --no-constrain
     """
-    from nerft.cli import fail
+    from nerft.cli_common import fail
     from nerft.data.example import write_jsonl
     from nerft.infer.predict import InferenceError, load_for_inference, predict as run_predict
     from nerft.infer.predict import read_sentences
     from nerft.model import ModelSourceError
 
+    err = Console(stderr=True)
     if (text is None) == (input_file is None):
         fail("give either a sentence (or '-' for stdin) or --input FILE, not both or neither")
     label_set = tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None
@@ -64,6 +68,15 @@ def predict(
             rows = [("argument", text)]
         if not rows:
             raise InferenceError("no sentence to read")
+        blank = next((i for i, t in rows if not t.strip()), None)
+        if blank is not None:
+            raise InferenceError(f"{blank}: the sentence is empty; give some text")
+        if output is not None and output.is_dir():
+            raise InferenceError(f"--output {output} is a folder; give a file name such as "
+                                 f"{output / 'predictions.jsonl'}")
+        if trust_remote_code:
+            err.print(f"trusting and running the Python code that {run_or_model} ships "
+                      "(--trust-remote-code)", highlight=False)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
@@ -71,14 +84,14 @@ def predict(
             import torch
 
             torch.set_num_threads(threads)
-        loaded, tokenizer, task = load_for_inference(run_or_model, label_set)
+        loaded, tokenizer, task = load_for_inference(run_or_model, label_set,
+                                                     trust_remote_code=trust_remote_code)
     except (InferenceError, ModelSourceError) as e:
         fail(str(e))
     except OSError as e:  # unreadable files, broken adapter folders
         fail(f"{run_or_model}: {e}".splitlines()[0])
 
     out = Console()
-    err = Console(stderr=True)
     if input_file is None:
         preds = run_predict(loaded, tokenizer, task, rows, batch_size=batch_size, constrained=constrain)
     else:

@@ -60,14 +60,14 @@ def resolve_model(source: str, *, trust_remote_code: bool = False) -> Path:
         f"'modelscope:org/name' or 'demo'")
 
 
-def check_model_folder(folder: Path) -> Path:
+def check_model_folder(folder: Path, *, need_tokenizer: bool = True) -> Path:
     """Return `folder` if it holds config.json, weights and a tokenizer; else explain what is missing."""
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")
     if not any(next(folder.glob(g), None) for g in WEIGHT_GLOBS):
         missing.append("weights (*.safetensors or pytorch_model*.bin)")
-    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+    if need_tokenizer and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         missing.append("tokenizer files")
     if missing:
         raise ModelSourceError(f"'{folder}' is not a model folder: no {', no '.join(missing)}")
@@ -95,20 +95,24 @@ def pick_dtype(dtype: str, device: str):
 
 
 def load_model_and_tokenizer(source: str, *, dtype: str = "auto", device: str = "auto",
-                             trust_remote_code: bool = False):
+                             trust_remote_code: bool = False, tokenizer_folder: Path | None = None):
     """Resolve `source` and return (model, tokenizer), the model on `device` in eval mode.
 
+    `tokenizer_folder` for weights saved without a tokenizer (a full fine-tuning run's best/).
     The tokenizer's padding side is left as the model ships it: callers choose.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = resolve_model(source, trust_remote_code=trust_remote_code)
+    if tokenizer_folder is not None and Path(source).is_dir():
+        folder = check_model_folder(Path(source), need_tokenizer=False)
+    else:
+        folder = resolve_model(source, trust_remote_code=trust_remote_code)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     # Only ever passed when the user asked: remote code runs with the user's rights.
     remote = {"trust_remote_code": True} if trust_remote_code else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **remote)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder or folder, **remote)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **remote)
     except ValueError as e:
         if "trust_remote_code" in str(e):

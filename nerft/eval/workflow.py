@@ -21,6 +21,7 @@ class ModelEval:
     result: EvalResult
     predictions: list[dict]
     seconds: float
+    unseen_labels: tuple[str, ...] = ()  # labels of the data the model was never asked for
 
 
 def load_split(data: Path, split: str, limit: int | None) -> tuple[list[Example], tuple[str, ...] | None]:
@@ -36,6 +37,14 @@ def load_split(data: Path, split: str, limit: int | None) -> tuple[list[Example]
         raise EvalInputError(f"{path}: not canonical JSONL ({e}); run `nerft data prepare` on it") from None
     if not examples:
         raise EvalInputError(f"{path}: no rows")
+    for n, ex in enumerate(examples, 1):
+        for span in ex.entities:
+            if not (0 <= span.start < span.end <= len(ex.text)) or ex.text[span.start:span.end] != span.text:
+                raise EvalInputError(
+                    f"{path}:{n}: entity {span.text!r} [{span.start}, {span.end}) does not match "
+                    "the text; run `nerft data prepare` on the file to check and repair it")
+            if not span.label:
+                raise EvalInputError(f"{path}:{n}: an entity has an empty label")
     labels = None
     stats = path.parent / "stats.json"
     if stats.is_file():
@@ -45,13 +54,18 @@ def load_split(data: Path, split: str, limit: int | None) -> tuple[list[Example]
 
 def evaluate_model(model_ref: str, examples: list[Example], labels: tuple[str, ...] | None, *,
                    name: str, batch_size: int = 16, constrained: bool = True,
-                   progress=None) -> ModelEval:
+                   progress=None, trust_remote_code: bool = False) -> ModelEval:
+    """Score a model on examples. A run keeps the label set it was trained with (another data
+    folder must not change its task); `labels` (the data's) are for models without one."""
     import time
 
     from nerft.infer.generate import generate_answers
     from nerft.infer.predict import load_for_inference
 
-    model, tokenizer, task = load_for_inference(model_ref, labels=labels)
+    model, tokenizer, task = load_for_inference(model_ref, fallback_labels=labels,
+                                                trust_remote_code=trust_remote_code)
+    in_data = labels or tuple(sorted({s.label for ex in examples for s in ex.entities}))
+    unseen = tuple(lb for lb in in_data if lb not in task.labels)
     started = time.perf_counter()
     answers = generate_answers(model, tokenizer, task, [ex.text for ex in examples],
                                batch_size=batch_size, constrained=constrained, progress=progress)
@@ -62,7 +76,7 @@ def evaluate_model(model_ref: str, examples: list[Example], labels: tuple[str, .
                     "entities": [s.to_dict() for s in p.spans],
                     "gold": [s.to_dict() for s in ex.entities]}
                    for ex, a, p in zip(examples, answers, parsed)]
-    return ModelEval(name, result, predictions, seconds)
+    return ModelEval(name, result, predictions, seconds, unseen)
 
 
 def write_outputs(evals: list[ModelEval], out_dir: Path, title: str) -> tuple[Path, Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from transformers import TrainerCallback
 
-from nerft.train.run_dir import append_metrics
+from nerft.run_dir import append_metrics
 
 _KEEP = ("loss", "learning_rate", "grad_norm", "eval_loss", "eval_f1", "eval_precision",
          "eval_recall", "eval_parse_rate", "epoch")

@@ -48,8 +48,10 @@ class PackedCollator:
         raise ValueError(f"unknown packing layout {self.layout!r}")
 
     def _shared_prefix(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
-        # The prefix never reaches into an answer, so no supervised token is shared.
-        p = common_prefix_length([e.input_ids for e in batch], min(e.answer_start for e in batch))
+        # The prefix stops before the last prompt token of every example: that token predicts
+        # the answer's first token, so each example needs its own copy (two examples with the
+        # same text would otherwise predict it from the previous example's end of turn).
+        p = common_prefix_length([e.input_ids for e in batch], min(e.answer_start for e in batch) - 1)
         ids, labels, positions, segments = list(batch[0].input_ids[:p]), [IGNORE] * p, list(range(p)), []
         for e in batch:
             start = len(ids)

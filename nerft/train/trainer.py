@@ -15,7 +15,7 @@ from nerft.eval.metrics import score_corpus
 from nerft.infer.generate import generate_answers
 from nerft.prompt import Task, parse_answer
 from nerft.train.collate import answer_only_loss
-from nerft.train.run_dir import append_metrics, write_json_atomic
+from nerft.run_dir import RunDir, append_metrics, replace_folder, write_json_atomic
 
 
 @dataclass
@@ -49,15 +49,25 @@ class NerTrainer(Trainer):
     def __init__(self, *args, validation: Validation | None = None, run_dir: Path,
                  early_stopping_patience: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.n_gpu > 1:
+            # nn.DataParallel splits every input along dim 0, `logits_to_keep` indices too.
+            raise ValueError(f"{self.args.n_gpu} GPUs in one process (DataParallel) are not "
+                             "supported: launch one process per GPU with torchrun or accelerate, "
+                             "or set CUDA_VISIBLE_DEVICES to one GPU")
         self.validation = validation
         self.run_dir = Path(run_dir)
         self.patience = early_stopping_patience
+        self.stopped_early_at: int | None = None
         # Our loss is already a sum over the accumulated batch divided by its supervised-token
         # count (`num_items_in_batch`), so the Trainer must not divide it again.
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # `num_items_in_batch` counts the supervised tokens of every process while DDP
+            # averages gradients over processes: scale back up, as Trainer.compute_loss does.
+            loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -93,20 +103,15 @@ class NerTrainer(Trainer):
                                    if "eval_f1" in h and h["step"] > state.best_global_step) + 1
             if evals_since_best >= self.patience:
                 self.control.should_training_stop = True
-                state.stopped_early_at = state.global_step  # read by the run summary
+                self.stopped_early_at = state.global_step  # read by the run summary
 
     def _save_best(self, metrics: dict) -> None:
-        target = self.run_dir / "best"
-        staging = self.run_dir / ".best.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.model.save_pretrained(staging)
-        write_json_atomic(staging / "scores.json", {"step": self.state.global_step, **metrics})
-        old = self.run_dir / ".best.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
+        run = RunDir(self.run_dir)
+        shutil.rmtree(run.best_staging, ignore_errors=True)
+        self.model.save_pretrained(run.best_staging)
+        # scores.json last: a staging folder that has it is complete (see `recover_folder`).
+        write_json_atomic(run.best_staging / "scores.json", {"step": self.state.global_step, **metrics})
+        replace_folder(run.best, run.best_staging, run.best_old)
 
     # A checkpoint is written into a staging folder and renamed into place, so `--resume` after
     # a kill never finds half a checkpoint.
@@ -119,7 +124,10 @@ class NerTrainer(Trainer):
         finally:
             staging, self._staging = self._staging, None
         for folder in staging.iterdir():
-            os.replace(folder, Path(self.args.output_dir) / folder.name)
+            target = Path(self.args.output_dir) / folder.name
+            if target.exists():  # set aside by a resume that went back past it (see resume.py)
+                shutil.rmtree(target)
+            os.replace(folder, target)
         staging.rmdir()
         self._rotate()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from nerft.config import Config
 from nerft.data.example import Example, read_examples
@@ -20,7 +21,9 @@ from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
 from nerft.train.collate import PackedCollator
 from nerft.train.encode import encode_examples
 from nerft.train.method import apply_method
-from nerft.train.run_dir import init_run_dir, trim_metrics, write_json_atomic
+from nerft.run_dir import RunDir, init_run_dir, replace_folder, trim_metrics, write_json_atomic
+from nerft.train.resume import (AlreadyFinished, check_resume_config, clear_run, run_lock,
+                                run_outputs, usable_checkpoint)
 from nerft.train.trainer import NerTrainer, Validation
 
 
@@ -59,20 +62,56 @@ def validation_subset(examples: list[Example], size: int, seed: int) -> list[Exa
     return [examples[i] for i in picked]
 
 
-def train(config: Config, *, resume: bool = False, console: Console | None = None) -> RunSummary:
+def train(config: Config, *, resume: bool = False, overwrite: bool = False,
+          console: Console | None = None) -> RunSummary:
+    """Train as `config` says into training.output_dir; see `nerft.train.resume` for what
+    `resume` and `overwrite` do with a run directory that already holds something."""
+    console = console or Console(stderr=True)
+    run = RunDir(Path(config.training.output_dir))
+    with run_lock(run):
+        last, changes = _starting_point(run, config, resume=resume, overwrite=overwrite,
+                                        console=console)
+        return _train(config, run, last, changes, console)
+
+
+def _starting_point(run: RunDir, config: Config, *, resume: bool, overwrite: bool,
+                    console: Console) -> tuple[Path | None, list[str]]:
+    """The checkpoint to continue from (None: step 0), and the settings a resume changed."""
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+    if overwrite:
+        clear_run(run)
+        return None, []
+    if not resume:
+        if run_outputs(run):
+            raise TrainError(f"{run.path} already holds a run; pass --resume to continue it, "
+                             "--overwrite to start it afresh, or choose another training.output_dir")
+        return None, []
+    if not run_outputs(run):
+        raise TrainError(f"{run.path}: no run to resume; start without --resume")
+    if run.finished():
+        raise AlreadyFinished(f"{run.path} has already finished (summary.json); nothing to resume. "
+                              "--overwrite trains it again from step 0")
+    changes = check_resume_config(run, config) if RunDir.is_run(run.path) else []
+    run.recover_best()
+    last = usable_checkpoint(run.path, warn)
+    if last is None:
+        console.print(f"{run.path}: the run stopped before a usable checkpoint was written; "
+                      "starting it again from step 0", highlight=False, soft_wrap=True)
+        clear_run(run)
+        return None, []
+    return last, changes
+
+
+def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[str],
+           console: Console) -> RunSummary:
     from transformers import TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from nerft.model import load_model_and_tokenizer
 
-    console = console or Console(stderr=True)
-    t, run_dir = config.training, Path(config.training.output_dir)
-    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
-    if resume and last is None:
-        raise TrainError(f"{run_dir}: no checkpoint to resume from; start without --resume")
-    if not resume and run_dir.is_dir() and (last is not None or (run_dir / "metrics.jsonl").exists()):
-        raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
-                         "another training.output_dir")
+    t, run_dir = config.training, run.path
+    resume = last is not None
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     set_seed(t.seed)
@@ -82,7 +121,8 @@ def train(config: Config, *, resume: bool = False, console: Console | None = Non
     if not train_rows or not val_rows:
         raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows")
     task = Task(task_labels(config.data.dir, train_rows))
-    init_run_dir(config, run_dir, resume=resume, labels=list(task.labels))
+    init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
+                 resume_changes=resume_changes)
 
     model, tokenizer = load_model_and_tokenizer(
         config.model.source, dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code)
@@ -143,27 +183,33 @@ def train(config: Config, *, resume: bool = False, console: Console | None = Non
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")  # read by the callback
         callbacks.append(TensorBoardCallback())
 
-    trainer = NerTrainer(
-        model=model, args=args, train_dataset=train_enc, eval_dataset=val_enc,
-        data_collator=collator, callbacks=callbacks, validation=validation, run_dir=run_dir,
-        early_stopping_patience=config.eval.early_stopping_patience)
+    try:
+        trainer = NerTrainer(
+            model=model, args=args, train_dataset=train_enc, eval_dataset=val_enc,
+            data_collator=collator, callbacks=callbacks, validation=validation, run_dir=run_dir,
+            early_stopping_patience=config.eval.early_stopping_patience)
+    except ValueError as e:
+        raise TrainError(str(e)) from e
     # The Trainer's own progress printer duplicates ours.
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if resume:
-        trim_metrics(run_dir / "metrics.jsonl", int(Path(last).name.split("-")[-1]))
-        console.print(f"resuming from {last}", highlight=False)
+        step = int(Path(last).name.split("-")[-1])
+        trim_metrics(run.metrics, step)
+        trim_metrics(run.val_predictions, step)
+        console.print(f"resuming from {last}", highlight=False, soft_wrap=True)
     trainer.train(resume_from_checkpoint=last if resume else None)
 
-    final = run_dir / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    trainer.model.save_pretrained(final)
+    staging = run_dir / ".final.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.model.save_pretrained(staging)
+    replace_folder(run.final, staging, run_dir / ".final.old")
     state = trainer.state
     evals = [h for h in state.log_history if "eval_f1" in h]
     summary = RunSummary(
         run_dir=run_dir, steps=state.global_step, best_step=state.best_global_step,
         best_f1=state.best_metric, initial_f1=evals[0]["eval_f1"] if evals and evals[0]["step"] == 0 else None,
-        stopped_early=getattr(state, "stopped_early_at", None) is not None)
+        stopped_early=trainer.stopped_early_at is not None)
     write_json_atomic(run_dir / "summary.json", summary.to_dict())
     return summary

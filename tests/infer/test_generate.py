@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from nerft.infer.constrain import constrained_factory
-from nerft.chat import encode_prompts, render_prompt, shared_prefix_ids
+from nerft.chat import render_prompt, shared_prefix_ids
 from nerft.infer.generate import AnswerGenerator, generate_answers
 from nerft.infer.stopping import answer_token_budget
 from nerft.infer.running_batch import RunningBatch, lookup
@@ -184,3 +184,20 @@ def test_sliding_window_cache_decodes_in_plain_batches(tiny_model_dir, qwen_toke
     alone = AnswerGenerator(model, qwen_tokenizer, TASK, prefix_cache=False).generate_ids(
         sentences[:8], batch_size=1)
     assert batched == alone
+
+
+def test_a_model_that_writes_end_of_text_stops_there(tiny_model_dir, qwen_tokenizer, one_thread):
+    """A model whose generation config names only <|im_end|> but which ends with <|endoftext|>
+    (as base models do) must stop there, not run on to its budget."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = 151645
+    hidden = model.config.hidden_size
+    head = torch.nn.Linear(hidden, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[151643] = 1.0  # <|endoftext|> always wins
+    model.lm_head = head
+    generator = AnswerGenerator(model, qwen_tokenizer, TASK)
+    assert generator.generate_ids(["张三在北京。"], constrained=False) == [[]]
+    assert generator.last_stats["steps"] <= 1

@@ -127,14 +127,88 @@ def test_stdin_sentences(cli, run_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{missing}", "句子"], "is not an existing folder"),
+    (["{missing}", "句子"], "no such run or model folder"),
+    (["./runs/typo", "句子"], "no such run or model folder"),
+    (["{run}", "  "], "the sentence is empty"),
+    (["{run}", "--input", "{latin1}"], "not UTF-8"),
+    (["{run}", "句子", "--output", "{tmp}"], "is a folder"),
     (["{run}"], "give either a sentence"),
     (["{run}", "句子", "--input", "x.txt"], "give either a sentence"),
     (["{run}", "--input", "{run}/nothing.jsonl"], "no such file"),
     (["{run}", "句子", "--labels", " , "], "--labels is empty"),
 ])
 def test_errors_are_one_line_with_exit_code_2(cli, run_dir, tmp_path, args, message):
-    args = [a.format(run=run_dir, missing=tmp_path / "missing") for a in args]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("张三\n".encode() + "café\n".encode("latin-1"))
+    args = [a.format(run=run_dir, missing=tmp_path / "missing", latin1=latin1, tmp=tmp_path)
+            for a in args]
     result = cli(args)
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+CUSTOM_CODE = """
+import os, pathlib
+pathlib.Path(os.environ["NERFT_REMOTE_CODE_SENTINEL"]).touch()
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+class CustomConfig(Qwen2Config):
+    pass
+
+class CustomModel(Qwen2ForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+def test_a_shared_run_directory_runs_no_code(cli, run_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """A downloaded run whose best/ points its config at a Python file, and whose config.yaml
+    says trust_remote_code: true, must not run that file unless the user passes the flag."""
+    from transformers import AutoModelForCausalLM
+
+    sentinel = tmp_path / "code-ran"
+    monkeypatch.setenv("NERFT_REMOTE_CODE_SENTINEL", str(sentinel))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    run = tmp_path / "hostile"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(run / "best")
+    config = json.loads((run / "best" / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.CustomConfig", "AutoModelForCausalLM": "evil.CustomModel"}
+    (run / "best" / "config.json").write_text(json.dumps(config))
+    (run / "best" / "evil.py").write_text(CUSTOM_CODE)
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"model": {"source": str(tiny_model_dir), "trust_remote_code": True}}))
+    (run / "run.json").write_bytes((run_dir / "run.json").read_bytes())
+    result = cli([run, "张三在北京。"])
+    assert result.exit_code == 0, result.output
+    assert not sentinel.exists()
+
+
+def run_eval(*args):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "nerft", "eval", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_eval_keeps_the_run_s_labels_on_other_data(run_dir, tmp_path):
+    data = tmp_path / "other"
+    data.mkdir()
+    rows = [{"id": "1", "text": "张三在北京。", "entities": [
+        {"start": 0, "end": 2, "label": "人名", "text": "张三"},
+        {"start": 3, "end": 5, "label": "城市", "text": "北京"}]}]
+    (data / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (data / "stats.json").write_text(json.dumps({"labels": ["人名", "城市"]}, ensure_ascii=False))
+    rc, out = run_eval(run_dir, "--data", data, "--out", tmp_path / "report")
+    assert rc == 0, out[-2000:]
+    assert "warning" in out and "城市" in out
+    (pred,) = [json.loads(x) for x in (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()]
+    assert all(e["label"] in LABELS for e in pred["entities"])  # the task it was trained on
+
+
+def test_eval_refuses_spans_that_do_not_match_their_text(run_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "1", "text": "张三在北京。", "entities": [
+        {"start": 0, "end": 2, "label": "人名", "text": "北京"}]}, ensure_ascii=False) + "\n")
+    rc, out = run_eval(run_dir, "--data", bad)
+    assert rc == 2 and "bad.jsonl:1" in out and "does not match" in out

@@ -4,7 +4,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from nerft.data.example import read_examples
 from nerft.prompt import Task
 from nerft.train.collate import PackedCollator, answer_only_loss, common_prefix_length
 from nerft.train.encode import encode_examples
@@ -46,6 +45,22 @@ def test_packed_loss_equals_one_by_one(model_and_batch, layout):
         loss, n = answer_only_loss(model, PackedCollator(layout)(encoded))
     assert n == sum(sum(l != -100 for l in e.labels) for e in encoded)
     assert abs(float(loss) - reference) < 1e-4
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_examples_with_the_same_text_in_one_micro_batch(model_and_batch, attn):
+    """Hand-written data can repeat a sentence; packing must still score each copy alone."""
+    model, encoded = model_and_batch
+    twice = [encoded[0], encoded[0]]  # the whole prompt is shared
+    model.set_attn_implementation(attn)
+    try:
+        with torch.no_grad():
+            reference = token_mean_one_by_one(model, twice)
+            for layout in ("shared_prefix", "flat"):
+                loss, _ = answer_only_loss(model, PackedCollator(layout)(twice))
+                assert abs(float(loss) - reference) < 1e-4, layout
+    finally:
+        model.set_attn_implementation("sdpa")
 
 
 def test_a_wrong_mask_would_be_caught(model_and_batch):

@@ -1,0 +1,52 @@
+"""Backend guards: settings that would silently train wrong are refused or scaled right."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainingArguments
+
+from nerft.config import ConfigError, load_config
+from nerft.train.collate import PackedCollator, answer_only_loss
+from nerft.train.trainer import NerTrainer
+
+
+def test_flash_attention_with_a_4d_mask_layout_is_refused(tmp_path, prepared):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {{dir: {prepared}}}\nmodel: {{source: demo, attn_implementation: "
+                   "flash_attention_2}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="training.packing=flat"):
+        load_config(cfg)
+    assert load_config(cfg, ["training.packing=flat"]).training.packing == "flat"
+
+
+def test_loss_is_scaled_back_up_by_the_number_of_processes(tmp_path, tiny_model_dir, qwen_tokenizer,
+                                                           monkeypatch):
+    """Under DDP `num_items_in_batch` is summed over processes while gradients are averaged:
+    without the scale the gradient would be 1/world_size too small."""
+    from nerft.data.example import Example, Span
+    from nerft.prompt import Task
+    from nerft.train.encode import encode_examples
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    task = Task(("人名", "地点"))
+    encoded, _ = encode_examples(qwen_tokenizer, task, [
+        Example("a", "张三在北京。", [Span(0, 2, "人名", "张三"), Span(3, 5, "地点", "北京")])], 256)
+    batch = PackedCollator("shared_prefix")(encoded)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = NerTrainer(model=model, args=args, run_dir=tmp_path)
+    with torch.no_grad():
+        single = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(7))
+        monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 2))
+        double = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(7))
+        plain, _ = answer_only_loss(model, batch, torch.tensor(7))
+    assert float(single) == pytest.approx(float(plain))
+    assert float(double) == pytest.approx(2 * float(plain))
+
+
+def test_too_old_libraries_are_named(monkeypatch):
+    from nerft import versions
+
+    real = versions.metadata.version
+    monkeypatch.setattr(versions.metadata, "version",
+                        lambda name: "4.51.0" if name == "transformers" else real(name))
+    (line,) = versions.too_old()
+    assert line.startswith("transformers 4.51.0 is older than the 5.24")
