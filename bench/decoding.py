@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from nerft.data.example import read_examples
-from nerft.infer.generate import AnswerGenerator
+from nerft.infer.generate import AnswerGenerator, DecodeOptions
 from nerft.infer.predict import load_for_inference
 
 
@@ -30,13 +30,14 @@ def main(argv=None) -> dict:
     model, tokenizer, task = load_for_inference(args.model)
     result, answers = {"rows": len(texts), "batch_size": args.batch_size}, {}
     for guess in (True, False):
-        generator = AnswerGenerator(model, tokenizer, task, guess=guess)
+        generator = AnswerGenerator(model, tokenizer, task)
         start = time.perf_counter()
-        answers[guess] = generator.generate(texts, batch_size=args.batch_size)
+        decoded = generator.decode(texts, DecodeOptions(batch_size=args.batch_size, guess=guess))
+        answers[guess] = decoded.answers
         seconds = time.perf_counter() - start
         result["guess" if guess else "no_guess"] = {
             "seconds": round(seconds, 1), "sentences_per_s": round(len(texts) / seconds, 3),
-            **generator.last_stats}
+            **decoded.stats}
     result["identical_answers"] = answers[True] == answers[False]
     print(json.dumps(result, indent=1))
     return result

@@ -149,7 +149,7 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
 def infer(spec: dict, rss: RssSampler, decoder: str) -> dict:
     from peft import PeftModel
 
-    from nerft.infer.generate import AnswerGenerator
+    from nerft.infer.generate import AnswerGenerator, DecodeOptions
 
     task = Task(tuple(spec["labels"]))
     examples = _load(spec, "test.jsonl")
@@ -167,11 +167,10 @@ def infer(spec: dict, rss: RssSampler, decoder: str) -> dict:
                 model, tokenizer, texts, spec.get("max_new_tokens", baseline.MAX_NEW_TOKENS))
         else:
             start = time.perf_counter()
-            generator = AnswerGenerator(model, tokenizer, task)
-            answers = generator.generate(texts, batch_size=EVAL_BATCH,
-                                         constrained=decoder == "nerft")
+            decoded = AnswerGenerator(model, tokenizer, task).decode(
+                texts, DecodeOptions(batch_size=EVAL_BATCH, constrained=decoder == "nerft"))
+            answers, stats = decoded.answers, decoded.stats
             seconds, generated = time.perf_counter() - start, None
-            stats = generator.last_stats
     answer_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
     return {"sentences": len(texts), "seconds": seconds, "sentences_per_s": len(texts) / seconds,
             "answer_tokens": answer_tokens, "answer_tokens_per_s": answer_tokens / seconds,

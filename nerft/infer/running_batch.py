@@ -2,23 +2,29 @@
 finish (continuous batching), and guessed tokens checked against the model's greedy choice.
 
 `nerft.infer.generate.AnswerGenerator` drives it: it admits queued sentences and calls `step`
-until every row has finished; the batch calls back into the generator for the decoder, the
-shared-prefix cache and the choice of tokens.
+until every row has finished. The batch gets the model's parts (`Decoder`: decoder stack,
+token choice, stop tokens) and the shared-prefix cache; it knows nothing of the generator.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from nerft.infer.constrain import AnswerConstraint
+from nerft.infer.decoder import Decoder
 from nerft.infer.stopping import RepeatedLineGuard
 
-if TYPE_CHECKING:
-    from nerft.infer.generate import AnswerGenerator
+
+@dataclass(frozen=True)
+class Prefix:
+    """The prompt tokens every row starts with, and their keys/values (batch 1) per layer."""
+
+    ids: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def plain_cache(cache: DynamicCache) -> bool:
@@ -62,8 +68,8 @@ class RunningBatch:
     `model.generate`.
     """
 
-    def __init__(self, gen: "AnswerGenerator", use_prefix: bool):
-        self.gen, self.use_prefix = gen, use_prefix
+    def __init__(self, decoder: Decoder, prefix: Prefix | None, *, guess: bool = True):
+        self.parts, self.prefix, self.guess = decoder, prefix, guess
         self.mergeable = True  # False for caches other than plain key/value layers
         self.rows: list[int] = []  # sentence index of each batch row, in cache order
         self.cache: DynamicCache | None = None
@@ -83,7 +89,7 @@ class RunningBatch:
         Rows come sorted by prompt length; they are encoded in groups whose padding stays under
         a quarter of their tokens (one long prompt would otherwise pad every short one to it).
         """
-        p = len(self.gen.prefix_ids) if self.use_prefix else 0
+        p = len(self.prefix.ids) if self.prefix is not None else 0
         lengths = [len(ids) - p for ids in prompts]  # the part that is encoded (and padded)
         start = 0
         while start < len(rows):
@@ -102,27 +108,27 @@ class RunningBatch:
 
     def _admit_group(self, rows: list[int], texts: list[str], prompts: list[list[int]],
                      budgets: list[int], constrained: bool) -> None:
-        gen, device, n = self.gen, self.gen.device, len(rows)
-        prefix = gen.prefix_cache() if self.use_prefix else None
-        p = len(gen.prefix_ids) if prefix is not None else 0
+        parts, device, n = self.parts, self.parts.device, len(rows)
+        prefix = self.prefix.kv if self.prefix is not None else None
+        p = len(self.prefix.ids) if prefix is not None else 0
         suffixes = [ids[p:] for ids in prompts]
         width = max(len(s) for s in suffixes)
-        ids = torch.full((n, width), gen.pad, dtype=torch.long)
+        ids = torch.full((n, width), parts.pad, dtype=torch.long)
         mask = torch.zeros((n, p + width), dtype=torch.long)
         mask[:, :p] = 1
         for r, s in enumerate(suffixes):
             ids[r, width - len(s):] = torch.tensor(s)
             mask[r, p + width - len(s):] = 1
         positions = (p + mask[:, p:].cumsum(-1) - 1).clamp(min=p)
-        cache = DynamicCache(config=gen.lm.config) if prefix is None else DynamicCache(
+        cache = DynamicCache(config=parts.lm.config) if prefix is None else DynamicCache(
             ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix],
-            config=gen.lm.config)
+            config=parts.lm.config)
         mask, positions = mask.to(device), positions.to(device)
-        hidden = gen.decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=positions,
+        hidden = parts(input_ids=ids.to(device), attention_mask=mask, position_ids=positions,
                              cache=cache, use_cache=True).last_hidden_state[:, -1]
-        constraints = (AnswerConstraint(gen.tokenizer, gen.task, texts, budgets).rows
+        constraints = (AnswerConstraint(parts.tokenizer, parts.task, texts, budgets).rows
                        if constrained else None)
-        guards = [RepeatedLineGuard(gen.tokenizer, t) for t in texts]
+        guards = [RepeatedLineGuard(parts.tokenizer, t) for t in texts]
         for i in rows:
             self.outputs[i] = []
         if not self.rows:
@@ -180,8 +186,8 @@ class RunningBatch:
         mismatch, so the answer is exactly the one-token-at-a-time answer, in fewer steps.
         Guessed tokens that were not kept stay as masked holes in the cache.
         """
-        gen = self.gen
-        chosen = gen.choose(self.hidden, None if self.constraints is None
+        parts = self.parts
+        chosen = parts.choose(self.hidden, None if self.constraints is None
                             else [c.allowed() for c in self.constraints])
         done, running = [], []
         for slot, i in enumerate(self.rows):
@@ -195,10 +201,10 @@ class RunningBatch:
         if not self.rows:
             return done
         n, device = len(self.rows), self.mask.device
-        size = max(0, min(MAX_GUESS, TOKENS_PER_STEP // n - 1)) if gen.guess and self.mergeable else 0
+        size = max(0, min(MAX_GUESS, TOKENS_PER_STEP // n - 1)) if self.guess and self.mergeable else 0
         guesses = [self._guess(slot, size) for slot in range(n)]
         width = 1 + max(len(g) for g, _ in guesses)
-        ids = torch.full((n, width), gen.pad, dtype=torch.long)
+        ids = torch.full((n, width), parts.pad, dtype=torch.long)
         ids[:, 0] = chosen
         fed = torch.zeros((n, width), dtype=torch.long)
         fed[:, 0] = 1
@@ -207,7 +213,7 @@ class RunningBatch:
             fed[slot, 1:1 + len(guess)] = 1
         self.mask = torch.cat([self.mask, fed.to(device)], 1)
         positions = self.next_pos[:, None] + torch.arange(width, device=device)
-        hidden = gen.decoder(input_ids=ids.to(device), attention_mask=self.mask,
+        hidden = parts(input_ids=ids.to(device), attention_mask=self.mask,
                              position_ids=positions, cache=self.cache,
                              use_cache=True).last_hidden_state
         kept = [0] * n
@@ -215,7 +221,7 @@ class RunningBatch:
             # The model's choice after the chosen token and after each guessed token.
             at = [(slot, j) for slot, (guess, _) in enumerate(guesses) for j in range(len(guess))]
             allowed = None if self.constraints is None else [guesses[s][1][j] for s, j in at]
-            picks = gen.choose(hidden[[s for s, _ in at], [j for _, j in at]], allowed).tolist()
+            picks = parts.choose(hidden[[s for s, _ in at], [j for _, j in at]], allowed).tolist()
             pick = dict(zip(at, picks))
             for slot, (guess, _) in enumerate(guesses):
                 for j, token in enumerate(guess):
@@ -242,22 +248,22 @@ class RunningBatch:
     def _accept(self, slot: int, token: int) -> bool:
         """Append a token to a row's answer; True when the row has finished."""
         out = self.outputs[self.rows[slot]]
-        if out and (len(out) >= self.budgets[slot] or out[-1] in self.gen.stop_ids):
+        if out and (len(out) >= self.budgets[slot] or out[-1] in self.parts.stop_ids):
             return True  # finished on a kept guess: the chosen token is discarded
         out.append(token)
         if self.constraints is not None:
             self.constraints[slot].advance(token)
         cut = self.guards[slot].cut_at(out)
         if cut is not None:  # a looping answer: it ends after its last allowed line
-            out[cut:] = [self.gen.eot]  # ended like any answer (the stop token is dropped later)
+            out[cut:] = [self.parts.eot]  # ended like any answer (the stop token is dropped later)
             return True
-        return len(out) >= self.budgets[slot] or token in self.gen.stop_ids
+        return len(out) >= self.budgets[slot] or token in self.parts.stop_ids
 
     def _guess(self, slot: int, size: int) -> tuple[list[int], list]:
         """Up to `size` guessed next tokens for a row, cut where the constraint or the budget
         stops them, with the allowed set before each (None unconstrained)."""
         out = self.outputs[self.rows[slot]]
-        if size <= 0 or len(out) >= self.budgets[slot] or out[-1] in self.gen.stop_ids:
+        if size <= 0 or len(out) >= self.budgets[slot] or out[-1] in self.parts.stop_ids:
             return [], []
         size = min(size, self.budgets[slot] - len(out))
         history = self.prompts[slot] + out

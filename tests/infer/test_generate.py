@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from nerft.infer.constrain import constrained_factory
 from nerft.chat import render_prompt, shared_prefix_ids
-from nerft.infer.generate import AnswerGenerator, generate_answers
+from nerft.infer.generate import AnswerGenerator, DecodeOptions, generate_answers
 from nerft.infer.stopping import answer_token_budget
 from nerft.infer.running_batch import RunningBatch, lookup
 from nerft.prompt import Task, parse_answer
@@ -158,13 +158,14 @@ def test_guessed_tokens_keep_the_answers_and_save_steps(tiny, sentences):
     one-token-per-step answers, constrained or not, with rows joining mid-way."""
     model, tok = tiny
     for constrained in (True, False):
-        guessing = AnswerGenerator(model, tok, TASK)
-        plain = AnswerGenerator(model, tok, TASK, guess=False)
-        assert (guessing.generate_ids(sentences, batch_size=5, constrained=constrained)
-                == plain.generate_ids(sentences, batch_size=5, constrained=constrained))
-        assert plain.last_stats["guessed"] == 0
-        assert guessing.last_stats["kept"] > 0
-        assert guessing.last_stats["steps"] < plain.last_stats["steps"]
+        generator = AnswerGenerator(model, tok, TASK)
+        guessing = generator.decode(sentences, DecodeOptions(batch_size=5, constrained=constrained))
+        plain = generator.decode(sentences, DecodeOptions(batch_size=5, constrained=constrained,
+                                                          guess=False))
+        assert guessing.ids == plain.ids
+        assert plain.stats["guessed"] == 0
+        assert guessing.stats["kept"] > 0
+        assert guessing.stats["steps"] < plain.stats["steps"]
 
 
 def test_sliding_window_cache_decodes_in_plain_batches(tiny_model_dir, qwen_tokenizer, sentences,
@@ -179,8 +180,9 @@ def test_sliding_window_cache_decodes_in_plain_batches(tiny_model_dir, qwen_toke
     merges = []
     monkeypatch.setattr(RunningBatch, "_merge", lambda self, *a: merges.append(a))
     generator = AnswerGenerator(model, qwen_tokenizer, TASK)
-    batched = generator.generate_ids(sentences[:8], batch_size=3)
-    assert generator.prefix_ids == [] and merges == [] and generator.last_stats["guessed"] == 0
+    decoded = generator.decode(sentences[:8], DecodeOptions(batch_size=3))
+    batched = decoded.ids
+    assert generator._prefix() is None and merges == [] and decoded.stats["guessed"] == 0
     alone = AnswerGenerator(model, qwen_tokenizer, TASK, prefix_cache=False).generate_ids(
         sentences[:8], batch_size=1)
     assert batched == alone
@@ -198,6 +200,19 @@ def test_a_model_that_writes_end_of_text_stops_there(tiny_model_dir, qwen_tokeni
         head.bias.zero_()
         head.bias[151643] = 1.0  # <|endoftext|> always wins
     model.lm_head = head
-    generator = AnswerGenerator(model, qwen_tokenizer, TASK)
-    assert generator.generate_ids(["张三在北京。"], constrained=False) == [[]]
-    assert generator.last_stats["steps"] <= 1
+    decoded = AnswerGenerator(model, qwen_tokenizer, TASK).decode(
+        ["张三在北京。"], DecodeOptions(constrained=False))
+    assert decoded.ids == [[]] and decoded.stats["steps"] <= 1
+
+
+def test_one_generator_serves_concurrent_callers(tiny, sentences):
+    """The engine keeps no per-call state: threads calling one generator each get exactly
+    the answers they would get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tok = tiny
+    generator = AnswerGenerator(model, tok, TASK)
+    alone = [generator.generate_ids([t], constrained=True) for t in sentences[:6]]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda t: generator.generate_ids([t], constrained=True), sentences[:6]))
+    assert together == alone
