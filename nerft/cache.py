@@ -16,11 +16,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from nerft.errors import NerftError
 
 COMPLETE_MARKER = ".nerft-complete"
 
 
-class FetchError(RuntimeError):
+class FetchError(NerftError, RuntimeError):
     """A download, checksum or conversion failed; the message is one line saying what to do."""
 
 

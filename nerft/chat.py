@@ -14,12 +14,13 @@ import weakref
 from dataclasses import dataclass
 
 from nerft.prompt import Task, user_message
+from nerft.errors import NerftError
 
 # Private-use characters: no template changes them and no sentence is expected to hold them.
 _USER, _ANSWER = "\ue020", "\ue021"
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(NerftError, ValueError):
     """A chat template nerft cannot use; the message says why."""
 
 

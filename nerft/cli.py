@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from nerft.cli_common import err, fail
+from nerft.errors import NerftError
 
 app = typer.Typer(
     help="Fine-tune chat LLMs into Chinese named-entity recognisers: data → train → eval.",
@@ -141,6 +142,11 @@ def train_cmd(
         out.print(f"validation F1: untrained {before} → best {summary.best_f1:.4f} at step "
                   f"{summary.best_step}" + (" (stopped early)" if summary.stopped_early else ""))
         out.print(f"best adapter: {summary.run_dir / 'best'}")
+        if summary.best_step == 0:
+            err.print("[bold yellow]warning:[/] training never beat the untrained model on the "
+                      "validation set, so best/ holds the untrained adapter. Try a lower "
+                      "training.lr, more data, or fewer entity-free sentences.",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -265,7 +271,13 @@ def main() -> None:
     app.command("predict")(infer_cli.predict)
     app.add_typer(model_cli.app, name="model",
                   help="Fetch and convert models (e.g. the offline demo model).")
-    app()
+    try:
+        app()
+    except NerftError as e:  # anything a user can fix that a command did not catch itself
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from nerft.errors import NerftError
 
 
-class ConfigError(Exception):
+class ConfigError(NerftError):
     """A config problem, reported as one line (exit code 2)."""
 
 

@@ -1,7 +1,7 @@
 """The NER task as the model sees it: instruction, answer format, and the parser back to spans.
 
-This is the one place that knows the answer format. The format follows the worked example in
-SPEC.md: one JSON object per entity, one per line, in sentence order, and a fixed phrase when
+This is the one place that knows the answer format. The format follows the worked example
+(LoRA instruction tuning of Qwen2 on ccfbdci): one JSON object per entity, one per line, in sentence order, and a fixed phrase when
 there is no entity.
 """
 

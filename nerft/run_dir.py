@@ -33,9 +33,10 @@ from pydantic import ValidationError
 
 from nerft.cache import sha256_file
 from nerft.config import Config, ModelConfig, dump_config
+from nerft.errors import NerftError
 
 
-class RunDirError(Exception):
+class RunDirError(NerftError):
     """A run directory that cannot be used as asked; one line saying what to do."""
 
 

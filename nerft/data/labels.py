@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from nerft.errors import NerftError
 
 # Per-format presets: their order is the order of the label set in the instruction.
 PRESETS: dict[str, dict[str, str]] = {
@@ -57,7 +58,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _SPECIAL_TOKEN = re.compile(r"<\||\|>|<\s*/?\s*s\s*>|\[/?INST\]")
 
 
-class LabelMapError(ValueError):
+class LabelMapError(NerftError, ValueError):
     pass
 
 

@@ -52,6 +52,8 @@ class Prepared:
 class PrepareFailed(DataError):
     """The inputs were read but the result is not worth writing (no rows, mostly rejected)."""
 
+    exit_code = 1
+
 
 def prepare(inputs: list[Path], *, fmt: str | None = None, user_label_map: dict[str, str] | None = None,
             ratios=(0.7, 0.15, 0.15), seed: int = 42, strict: bool = False,

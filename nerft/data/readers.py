@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Union
 
 from nerft.data.example import Example, Rejection, Span
+from nerft.errors import NerftError
 
 FORMATS = ("ccfbdci", "cluener", "conll", "canonical")
 
 Row = Union[Example, Rejection]
 
 
-class DataError(Exception):
+class DataError(NerftError):
     """A problem with a whole input (unreadable, unknown format): always fatal."""
 
 

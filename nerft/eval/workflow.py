@@ -8,10 +8,10 @@ from pathlib import Path
 
 from nerft.data.example import Example, read_examples, write_jsonl
 from nerft.eval import EvalResult, evaluate
-from nerft.prompt import parse_answer
+from nerft.errors import NerftError
 
 
-class EvalInputError(Exception):
+class EvalInputError(NerftError):
     """Bad data or model reference: one line, exit code 2."""
 
 
@@ -59,23 +59,20 @@ def evaluate_model(model_ref: str, examples: list[Example], labels: tuple[str, .
     folder must not change its task); `labels` (the data's) are for models without one."""
     import time
 
-    from nerft.infer.generate import generate_answers
-    from nerft.infer.predict import load_for_inference
+    from nerft.infer.generate import AnswerGenerator, DecodeOptions
+    from nerft.infer.predict import load_for_inference, predict_rows
 
     model, tokenizer, task = load_for_inference(model_ref, fallback_labels=labels,
                                                 trust_remote_code=trust_remote_code)
     in_data = labels or tuple(sorted({s.label for ex in examples for s in ex.entities}))
     unseen = tuple(lb for lb in in_data if lb not in task.labels)
     started = time.perf_counter()
-    answers = generate_answers(model, tokenizer, task, [ex.text for ex in examples],
-                               batch_size=batch_size, constrained=constrained, progress=progress)
+    preds = predict_rows(AnswerGenerator(model, tokenizer, task), [(ex.id, ex.text) for ex in examples],
+                         DecodeOptions(batch_size=batch_size, constrained=constrained), progress)
     seconds = time.perf_counter() - started
-    parsed = [parse_answer(a, ex.text, task.labels) for a, ex in zip(answers, examples)]
-    result = evaluate(examples, [p.spans for p in parsed], parsed)
-    predictions = [{"id": ex.id, "text": ex.text, "answer": a,
-                    "entities": [s.to_dict() for s in p.spans],
-                    "gold": [s.to_dict() for s in ex.entities]}
-                   for ex, a, p in zip(examples, answers, parsed)]
+    result = evaluate(examples, [p.entities for p in preds], [p.parsed for p in preds])
+    predictions = [{**p.to_dict(), "gold": [s.to_dict() for s in ex.entities]}
+                   for ex, p in zip(examples, preds)]
     return ModelEval(name, result, predictions, seconds, unseen)
 
 

@@ -10,14 +10,15 @@ from typing import Callable, Iterator
 
 from nerft.data.example import Span
 from nerft.data.labels import PRESETS
-from nerft.infer.generate import AnswerGenerator
-from nerft.prompt import Task, parse_answer
+from nerft.infer.generate import AnswerGenerator, DecodeOptions
+from nerft.prompt import ParsedAnswer, Task, parse_answer
 from nerft.run_dir import RunDir, RunDirError
+from nerft.errors import NerftError
 
 DEFAULT_LABELS = tuple(PRESETS["ccfbdci"].values())  # 地点, 人名, 地理实体, 组织: the worked example
 
 
-class InferenceError(Exception):
+class InferenceError(NerftError):
     """A model or input that cannot be used: one line saying what to do (exit code 2)."""
 
 
@@ -27,6 +28,7 @@ class Prediction:
     text: str
     entities: list[Span] = field(default_factory=list)
     answer: str = ""
+    parsed: ParsedAnswer | None = field(default=None, repr=False)  # parse issues, for scoring
 
     def to_dict(self) -> dict:
         return {"id": self.id, "text": self.text, "entities": [e.to_dict() for e in self.entities],
@@ -129,12 +131,22 @@ def read_sentences(path: Path) -> Iterator[tuple[str, str]]:
         yield str(row.get("id", f"{path.stem}:{lineno}")), row["text"]
 
 
+def predict_rows(generator: AnswerGenerator, rows: list[tuple[str, str]],
+                 options: DecodeOptions | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[Prediction]:
+    """Generate, then parse with the task's own parser: the one path from sentences to
+    spans that `nerft predict`, `nerft eval` and training validation share."""
+    texts = [t for _, t in rows]
+    answers = generator.decode(texts, options, progress).answers
+    out = []
+    for (i, t), a in zip(rows, answers):
+        parsed = parse_answer(a, t, generator.task.labels)
+        out.append(Prediction(i, t, parsed.spans, a, parsed))
+    return out
+
+
 def predict(model, tokenizer, task: Task, rows: list[tuple[str, str]], *, batch_size: int = 16,
             constrained: bool = True, progress: Callable[[int], None] | None = None) -> list[Prediction]:
-    """Predictions for (id, text) rows, in order; entities come from the task's own parser."""
-    generator = AnswerGenerator(model, tokenizer, task)
-    texts = [t for _, t in rows]
-    answers = generator.generate(texts, batch_size=batch_size, constrained=constrained,
-                                 progress=progress)
-    return [Prediction(i, t, parse_answer(a, t, task.labels).spans, a)
-            for (i, t), a in zip(rows, answers)]
+    """Predictions for (id, text) rows, in order, with a generator built for this call."""
+    return predict_rows(AnswerGenerator(model, tokenizer, task), rows,
+                        DecodeOptions(batch_size=batch_size, constrained=constrained), progress)

@@ -35,10 +35,7 @@ def plain_cache(cache: DynamicCache) -> bool:
 
 # Guessed tokens per step: a step feeds each row's chosen token plus up to MAX_GUESS guesses,
 # about TOKENS_PER_STEP tokens in all. Small steps cost about the same whatever their size (the
-# weights are read once either way): on 2 CPU cores with the demo model a step of 32 rows x 2
-# tokens took 0.54 s against 0.40 s for 32 x 1, and 6 rows x 9 tokens 0.49 s. On 32 test
-# sentences 64 / 96 / 128 tokens per step gave 43.9 / 40.6 / 39.3 s, kept 87% / 79% / 73%
-# (BENCHMARKS.md).
+# weights are read once either way); the measured trade-off is in BENCHMARKS.md.
 TOKENS_PER_STEP = 96
 MAX_GUESS = 8
 

@@ -1,11 +1,11 @@
 """When an answer ends: the per-sentence token budget and the repeated-line rule.
 
-The budget must never cut a correct answer: a dense sentence such as `每经记者陈珂胡琼黄惠敏
-杨斌发自上海、北京、深圳、成都` (26 characters, 10 entities) has a 152-token gold answer, and
-the longest MSRA sentence (2,427 characters) a 10,850-token one. Over the four corpora in
-../shared/data the gold answer never costs more than 32 + 4.62 tokens per character of the
-sentence (`tests/infer/test_stopping.py` checks every row), so the budget is 48 + 6 per
-character, with no fixed cap.
+The budget must never cut a correct answer: a dense 26-character CLUENER sentence with ten
+entities has a 152-token gold answer, and the longest MSRA sentence (2,427 characters) a
+10,850-token one. Over the four shared corpora (ccfbdci, CLUENER2020, MSRA, People's Daily)
+the gold answer never costs more than 32 + 4.62 tokens per character of the sentence
+(`tests/infer/test_stopping.py` checks every row), so the budget is 48 + 6 per character,
+with no fixed cap.
 
 A model that loops writes the same entity line again and again; such an answer is ended by
 the repeated-line rule long before the budget: an entity line may occur at most as many

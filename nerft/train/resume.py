@@ -19,6 +19,7 @@ from typing import Iterator
 
 from nerft.config import Config
 from nerft.run_dir import RunDir
+from nerft.errors import NerftError
 
 # What the Trainer needs to continue exactly where it stopped.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
@@ -28,7 +29,7 @@ RESUME_MAY_CHANGE = ("training.num_threads", "eval.batch_size", "tracking.swanla
                      "tracking.tensorboard")
 
 
-class RunStateError(Exception):
+class RunStateError(NerftError):
     """The run directory is not in a state the command can work from; says what to do."""
 
 

@@ -12,8 +12,9 @@ from transformers import Trainer
 
 from nerft.data.example import Example
 from nerft.eval.metrics import score_corpus
-from nerft.infer.generate import generate_answers
-from nerft.prompt import Task, parse_answer
+from nerft.infer.generate import AnswerGenerator, DecodeOptions
+from nerft.infer.predict import predict_rows
+from nerft.prompt import Task
 from nerft.train.collate import answer_only_loss
 from nerft.run_dir import RunDir, append_metrics, replace_folder, write_json_atomic
 
@@ -31,18 +32,18 @@ class Validation:
     last_predictions: list[dict] = field(default_factory=list)
 
     def __call__(self, model) -> dict[str, float]:
-        texts = [ex.text for ex in self.examples]
-        answers = generate_answers(model, self.tokenizer, self.task, texts,
-                                   batch_size=self.batch_size, constrained=self.constrained)
-        parsed = [parse_answer(a, t, self.task.labels) for a, t in zip(answers, texts)]
-        micro = score_corpus([ex.entities for ex in self.examples], [x.spans for x in parsed],
+        # A generator per evaluation: its prefix cache belongs to these weights.
+        preds = predict_rows(AnswerGenerator(model, self.tokenizer, self.task),
+                             [(ex.id, ex.text) for ex in self.examples],
+                             DecodeOptions(batch_size=self.batch_size, constrained=self.constrained))
+        micro = score_corpus([ex.entities for ex in self.examples], [p.entities for p in preds],
                              "strict").micro
         self.last_predictions = [
-            {"text": ex.text, "answer": a,
+            {"text": ex.text, "answer": p.answer,
              "gold": [(s.text, s.label) for s in ex.entities]}
-            for ex, a in zip(self.examples[:self.log_predictions], answers)]
+            for ex, p in zip(self.examples[:self.log_predictions], preds)]
         return {"precision": micro.precision, "recall": micro.recall, "f1": micro.f1,
-                "parse_rate": sum(x.well_formed for x in parsed) / max(len(parsed), 1)}
+                "parse_rate": sum(p.parsed.well_formed for p in preds) / max(len(preds), 1)}
 
 
 class NerTrainer(Trainer):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ from nerft.run_dir import RunDir, init_run_dir, replace_folder, trim_metrics, wr
 from nerft.train.resume import (AlreadyFinished, check_resume_config, clear_run, run_lock,
                                 run_outputs, usable_checkpoint)
 from nerft.train.trainer import NerTrainer, Validation
+from nerft.errors import NerftError
 
 
-class TrainError(Exception):
+class TrainError(NerftError):
     """A problem the user can fix (existing run dir, empty data): one line, exit code 2."""
 
 
@@ -120,12 +120,15 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     val_rows = list(read_examples(config.data.dir / "val.jsonl"))
     if not train_rows or not val_rows:
         raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows")
-    task = Task(task_labels(config.data.dir, train_rows))
-    init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
-                 resume_changes=resume_changes)
-
+    try:
+        task = Task(task_labels(config.data.dir, train_rows))
+    except ValueError as e:
+        raise TrainError(f"{config.data.dir}: {e}") from e
+    # The model first: a mistyped source must not leave a run directory behind.
     model, tokenizer = load_model_and_tokenizer(
         config.model.source, dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code)
+    init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
+                 resume_changes=resume_changes)
     model.set_attn_implementation(config.model.attn_implementation)
     model.config.use_cache = False  # training never reuses a cache; generation passes its own
     model, report = apply_method(model, config.method)
@@ -180,8 +183,11 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         if not is_tensorboard_available():
             raise TrainError("tracking.tensorboard needs the tensorboard package: "
                              "`pip install tensorboard`")
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")  # read by the callback
-        callbacks.append(TensorBoardCallback())
+        from torch.utils.tensorboard import SummaryWriter
+
+        # Our own writer: the callback would otherwise read its folder from an environment
+        # variable, a process-wide setting.
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
 
     try:
         trainer = NerTrainer(
