@@ -142,6 +142,13 @@ def train_cmd(
         out.print(f"validation F1: untrained {before} → best {summary.best_f1:.4f} at step "
                   f"{summary.best_step}" + (" (stopped early)" if summary.stopped_early else ""))
         out.print(f"best adapter: {summary.run_dir / 'best'}")
+        if summary.best_per_label:
+            parts = [f"{label} {v.get('f1', 0):.2f} ({int(v.get('support', 0))})"
+                     + (" never found" if not v.get("f1") else "")
+                     for label, v in sorted(summary.best_per_label.items(),
+                                            key=lambda kv: -kv[1].get("support", 0))]
+            out.print("validation F1 per label (gold mentions): " + ", ".join(parts),
+                      highlight=False, soft_wrap=True)
         if summary.best_step == 0:
             err.print("[bold yellow]warning:[/] training never beat the untrained model on the "
                       "validation set, so best/ holds the untrained adapter. Try a lower "

@@ -26,6 +26,9 @@ class DataConfig(_Section):
     dir: Path = Field(description="folder written by `nerft data prepare` (train/val/test.jsonl)")
     train_limit: Optional[int] = Field(None, ge=1, description="use only the first N training rows")
     max_length: int = Field(384, ge=16, description="longer rows are dropped, never truncated")
+    max_empty_share: Optional[float] = Field(
+        None, ge=0, le=1, description="at most this share of training rows without any entity "
+        "(a seeded sample of them is kept; None keeps all)")
 
 
 class ModelConfig(_Section):

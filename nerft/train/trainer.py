@@ -36,14 +36,19 @@ class Validation:
         preds = predict_rows(AnswerGenerator(model, self.tokenizer, self.task),
                              [(ex.id, ex.text) for ex in self.examples],
                              DecodeOptions(batch_size=self.batch_size, constrained=self.constrained))
-        micro = score_corpus([ex.entities for ex in self.examples], [p.entities for p in preds],
-                             "strict").micro
+        scores = score_corpus([ex.entities for ex in self.examples], [p.entities for p in preds],
+                              "strict")
+        micro = scores.micro
         self.last_predictions = [
             {"text": ex.text, "answer": p.answer,
              "gold": [(s.text, s.label) for s in ex.entities]}
             for ex, p in zip(self.examples[:self.log_predictions], preds)]
+        # Per label too: a label with few examples can stay at 0 while the micro F1 rises.
+        per_label = {f"{k}/{label}": getattr(c, k) for label, c in scores.per_label.items()
+                     for k in ("f1", "support")}
         return {"precision": micro.precision, "recall": micro.recall, "f1": micro.f1,
-                "parse_rate": sum(p.parsed.well_formed for p in preds) / max(len(preds), 1)}
+                "parse_rate": sum(p.parsed.well_formed for p in preds) / max(len(preds), 1),
+                **per_label}
 
 
 class NerTrainer(Trainer):

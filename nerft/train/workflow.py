@@ -6,7 +6,7 @@ import json
 import math
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from nerft.train.collate import PackedCollator
 from nerft.train.encode import encode_examples
 from nerft.train.method import apply_method
 from nerft.run_dir import RunDir, init_run_dir, replace_folder, trim_metrics, write_json_atomic
+from nerft.train.sampling import cap_empty_share
 from nerft.train.resume import (AlreadyFinished, check_resume_config, clear_run, run_lock,
                                 run_outputs, usable_checkpoint)
 from nerft.train.trainer import NerTrainer, Validation
@@ -39,9 +40,25 @@ class RunSummary:
     best_f1: float | None
     initial_f1: float | None
     stopped_early: bool
+    # Validation F1 and gold count per label at the best step: {label: {"f1", "support"}}.
+    best_per_label: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
+
+
+def per_label_scores(scores_file: Path) -> dict[str, dict[str, float]]:
+    """{label: {"f1", "support"}} from a best/scores.json (eval_f1/LABEL, eval_support/LABEL)."""
+    if not scores_file.is_file():
+        return {}
+    scores = json.loads(scores_file.read_text(encoding="utf-8"))
+    out: dict[str, dict[str, float]] = {}
+    for key, value in scores.items():
+        for kind in ("f1", "support"):
+            prefix = f"eval_{kind}/"
+            if key.startswith(prefix):
+                out.setdefault(key[len(prefix):], {})[kind] = value
+    return out
 
 
 def task_labels(data_dir: Path, examples: list[Example]) -> tuple[str, ...]:
@@ -117,6 +134,9 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     set_seed(t.seed)
 
     train_rows = list(read_examples(config.data.dir / "train.jsonl"))[:config.data.train_limit]
+    if config.data.max_empty_share is not None:
+        train_rows, sampled = cap_empty_share(train_rows, config.data.max_empty_share, t.seed)
+        console.print(sampled.describe(), highlight=False)
     val_rows = list(read_examples(config.data.dir / "val.jsonl"))
     if not train_rows or not val_rows:
         raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows")
@@ -216,6 +236,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     summary = RunSummary(
         run_dir=run_dir, steps=state.global_step, best_step=state.best_global_step,
         best_f1=state.best_metric, initial_f1=evals[0]["eval_f1"] if evals and evals[0]["step"] == 0 else None,
-        stopped_early=trainer.stopped_early_at is not None)
+        stopped_early=trainer.stopped_early_at is not None,
+        best_per_label=per_label_scores(run.best / "scores.json"))
     write_json_atomic(run_dir / "summary.json", summary.to_dict())
     return summary

@@ -36,6 +36,11 @@ def test_tiny_model_memorises_its_training_entities(tmp_path, shared_data):
     assert losses[-1] < 0.1 * losses[0]
     assert summary.initial_f1 < 0.1  # constrained decoding lets a random model hit a few
     assert summary.best_f1 >= 0.9 and summary.best_step == 150
+    # Per label at the best step: every gold mention counted once, each label scored.
+    per_label = summary.best_per_label
+    assert sum(v["support"] for v in per_label.values()) == sum(len(ex.entities) for ex in rows)
+    assert set(per_label) == {s.label for ex in rows for s in ex.entities}
+    assert all(v["f1"] >= 0.8 for v in per_label.values() if v["support"] >= 3)
     scores = json.loads((tmp_path / "run" / "best" / "scores.json").read_text())
     assert scores["step"] == 150 and scores["eval_f1"] == summary.best_f1
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
