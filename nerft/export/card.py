@@ -25,7 +25,7 @@ def _score_lines(scores: dict) -> list[str]:
     return lines or ["- no scores recorded in the run (run `nerft eval RUN --data DIR` before exporting)"]
 
 
-def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity) -> Path:
+def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None) -> Path:
     info = src.info
     method = src.method or {"kind": "lora"}
     tags = ["ner", "token-classification-by-generation", "nerft", "lora" if kind == "adapter" else "merged"]
@@ -51,6 +51,17 @@ def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity) -> P
                  f"The merged weights were reloaded with `AutoModelForCausalLM.from_pretrained` and "
                  f"compared with the run's base model + adapter on {parity.sentences} validation "
                  f"sentences: {parity.line()}.", ""]
+    if gguf_parity is not None:
+        body += [f"The GGUF (`model-{gguf_parity.dtype}.gguf`, made by llama.cpp's "
+                 "`convert_hf_to_gguf.py`) was reloaded with transformers (`gguf_file=`): same "
+                 f"token ids for every checked prompt; {gguf_parity.line()}.", "",
+                 "## llama.cpp / Ollama",
+                 "```bash", "ollama create nerft-ner -f Modelfile   # then: ollama run nerft-ner '张三在北京工作。'",
+                 f"llama-cli -m model-{gguf_parity.dtype}.gguf --grammar-file answer.gbnf ...", "```",
+                 "`Modelfile` carries the chat template, the system prompt and the stop tokens; the user "
+                 "message is the bare sentence. `answer.gbnf` keeps answers in the format with known "
+                 "labels; `nerft.export.grammar.answer_grammar(labels, sentence)` also keeps entity "
+                 "texts inside a given sentence.", ""]
     body += ["## Use", "```bash",
              f"nerft serve {out.name}      # HTTP API, web page, OpenAI-compatible endpoint",
              f"nerft predict {out.name} \"张三在北京工作。\"" if kind == "merged" else

@@ -31,6 +31,7 @@ class ExportResult:
     out: Path
     kind: str  # adapter | merged
     parity: ParityReport | None = None
+    gguf_parity: ParityReport | None = None
     files: list[str] = field(default_factory=list)
 
 
@@ -47,7 +48,7 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         if merge or not src.is_adapter:
-            result = _export_merged(src, tmp, dtype, probes, log)
+            result = _export_merged(src, tmp, dtype, probes, gguf, log)
         else:
             result = _export_adapter(src, tmp, log)
         if out.exists():
@@ -107,7 +108,8 @@ def _export_adapter(src: RunSource, out: Path, log) -> ExportResult:
     return ExportResult(out, "adapter")
 
 
-def _export_merged(src: RunSource, out: Path, dtype: str, probes: int, log) -> ExportResult:
+def _export_merged(src: RunSource, out: Path, dtype: str, probes: int, gguf: str | None,
+                   log) -> ExportResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     model, tokenizer = _load_run_model(src)
@@ -136,8 +138,20 @@ def _export_merged(src: RunSource, out: Path, dtype: str, probes: int, log) -> E
     _check_tokenizer(tokenizer, reloaded_tok, texts, task)
     report = check_parity(reference, reloaded, reloaded_tok, task, texts, saved_dtype)
     log(f"check passed: {report.line()}")
-    write_card(out, src, kind="merged", task=task, parity=report)
-    return ExportResult(out, "merged", report)
+    gguf_report = None
+    if gguf is not None:
+        from nerft.export.gguf import load_gguf, write_gguf_files
+
+        del reloaded
+        log(f"converting to GGUF ({gguf}) with llama.cpp's convert_hf_to_gguf.py")
+        file = write_gguf_files(out, task, [reloaded_tok.convert_ids_to_tokens(i) for i in stops], gguf)
+        log(f"reloading {file.name} with transformers (gguf_file=)")
+        gguf_model, gguf_tok = load_gguf(file)
+        _check_tokenizer(tokenizer, gguf_tok, texts, task)
+        gguf_report = check_parity(reference, gguf_model, gguf_tok, task, texts, gguf)
+        log(f"GGUF check passed: {gguf_report.line()}")
+    write_card(out, src, kind="merged", task=task, parity=report, gguf_parity=gguf_report)
+    return ExportResult(out, "merged", report, gguf_report)
 
 
 def _saved_dtype(src: RunSource, dtype: str) -> str:
