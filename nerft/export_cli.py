@@ -29,6 +29,8 @@ def export(
       nerft export runs/demo-cpu --out exports/demo-merged --merge
       nerft export runs/demo-cpu --out exports/demo-gguf --gguf q8_0
     """
+    from rich.markup import escape
+
     from nerft.cli import fail
     from nerft.export import ExportError
     from nerft.export.workflow import export_run
@@ -42,13 +44,13 @@ def export(
         fail(f"--gguf {gguf!r}: choose f16 or q8_0")
     try:
         result = export_run(run, out, merge=merge or gguf is not None, dtype=dtype, probes=probes,
-                            gguf=gguf, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+                            gguf=gguf, log=lambda m: err.print(escape(m), highlight=False, soft_wrap=True))
     except ExportError as e:
         message = str(e)
-        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         # A self-check failure means the export itself is wrong (exit 1), not the input (exit 2).
         raise typer.Exit(1 if message.startswith("export check failed") else 2)
     except ModelSourceError as e:
-        fail(str(e))
+        fail(escape(str(e)))
     Console().print(f"[bold]exported[/] {result.kind} → {result.out} ({len(result.files)} files)",
                     highlight=False)

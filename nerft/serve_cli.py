@@ -41,7 +41,12 @@ def serve(
       nerft serve exports/demo-merged --port 9000 --api-key "$KEY"
       curl -s localhost:8000/v1/ner -d '{"text": "张三在北京工作。"}' -H 'Content-Type: application/json'
     """
-    from nerft.cli import fail
+    from rich.markup import escape
+
+    from nerft.cli import fail as fail_markup
+
+    def fail(message: str) -> None:  # messages hold brackets ('nerft[vllm]'), not rich markup
+        fail_markup(escape(message))
 
     if backend not in ("hf", "vllm"):
         fail(f"--backend {backend!r}: choose hf or vllm")
