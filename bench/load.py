@@ -4,10 +4,10 @@ with the batching worker on and off.
     python -m bench.load demo --clients 1,8 --seconds 30
     python -m bench.load runs/demo-cpu --clients 1,4,16 --seconds 60 --sentences data/ccfbdci/test.jsonl
 
-For each mode (--batching on, off) it starts `nerft serve MODEL` in a subprocess on a free
-127.0.0.1 port, warms it up, then for each client count runs that many threads, each sending
-one sentence per POST /v1/ner back to back until SECONDS pass or MAX_REQUESTS are sent (bounded
-either way). It prints requests/s, sentences/s, p50/p95/p99 latency and errors, and writes them
+It starts `nerft serve MODEL` in a subprocess on a free 127.0.0.1 port for each mode (--batching
+on, off), warms both up, then for each client count, alternating the modes, runs that many
+threads, each sending one sentence per POST /v1/ner back to back until SECONDS pass or
+MAX_REQUESTS are sent (bounded either way). It prints requests/s, sentences/s, p50/p95/p99 latency and errors, and writes them
 as JSON (--out). Sentences come from --sentences (.jsonl with "text", or .txt) or a built-in
 hand-written list.
 """
@@ -164,18 +164,24 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     sentences = read_sentences(args.sentences)
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.batching]
+    servers = {}
     rows = []
-    for batching in modes:
-        proc, url = start_server(args.model, batching, args.serve_args.split())
-        try:
+    try:
+        for batching in modes:  # both servers stay up; the idle one costs memory, not CPU
+            servers[batching] = start_server(args.model, batching, args.serve_args.split())
             for text in sentences[:2]:  # warm-up: first calls pay one-off costs
-                requests.post(url + "/v1/ner", json={"text": text}, timeout=600).raise_for_status()
-            for clients in [int(c) for c in args.clients.split(",")]:
+                requests.post(servers[batching][1] + "/v1/ner", json={"text": text},
+                              timeout=600).raise_for_status()
+        # Modes alternate within each client count, so a change in the machine's other load
+        # between runs shows up in both columns rather than as a difference between them.
+        for clients in [int(c) for c in args.clients.split(",")]:
+            for batching in modes:
                 row = {"batching": "on" if batching else "off",
-                       **load(url, sentences, clients, args.seconds, args.max_requests)}
+                       **load(servers[batching][1], sentences, clients, args.seconds, args.max_requests)}
                 rows.append(row)
                 print(json.dumps(row, ensure_ascii=False), flush=True)
-        finally:
+    finally:
+        for proc, _ in servers.values():
             stop_server(proc)
     report = {"command": " ".join([Path(sys.executable).name, "-m", "bench.load", *(argv or sys.argv[1:])]),
               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),

@@ -15,7 +15,7 @@ import uuid
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictStr
 
 from nerft.prompt import user_message
@@ -59,7 +59,12 @@ def add_chat_routes(app: FastAPI, service) -> None:
 
     @app.post("/v1/chat/completions", summary="OpenAI-compatible: the last user message is the sentence")
     async def chat_completions(body: ChatRequest):
-        (decoded,) = await service.decode_texts([sentence_of(body.messages)])
+        try:
+            (decoded,) = await service.decode_texts([sentence_of(body.messages)])
+        except HTTPException as e:  # OpenAI clients read {"error": {"message": ...}}
+            kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+            return JSONResponse({"error": {"message": e.detail, "type": kind, "code": e.status_code},
+                                 "detail": e.detail}, status_code=e.status_code, headers=e.headers)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         usage = {"prompt_tokens": decoded.prompt_tokens, "completion_tokens": decoded.answer_tokens,
                  "total_tokens": decoded.prompt_tokens + decoded.answer_tokens}
