@@ -98,3 +98,22 @@ def test_export_errors(cli, tiny_lora_run, tmp_path, merged):
     assert result.exit_code == 2 and "already exists and is not empty" in result.output
     result = cli([tiny_lora_run, "--out", tmp_path / "y", "--gguf", "q4"])
     assert result.exit_code == 2 and "choose f16 or q8_0" in result.output
+
+
+def test_full_fine_tuning_run_exports_as_a_model_folder(cli, tiny_lora_run, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "full"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # what full fine-tuning leaves: every weight may have moved
+        model.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    model.save_pretrained(run / "best")  # no tokenizer: the base model's is used
+    for name in ("config.yaml", "run.json"):
+        (run / name).write_bytes((tiny_lora_run / name).read_bytes())
+    out = tmp_path / "export"
+    result = cli([run, "--out", out])  # no adapter to keep: always a merged-style folder
+    assert result.exit_code == 0, result.output
+    assert "exported merged" in result.output and "answers identical on 3/3" in result.output
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    name = "model.layers.1.mlp.up_proj.weight"
+    assert torch.equal(reloaded.state_dict()[name], model.state_dict()[name])
