@@ -83,6 +83,12 @@ def serve(
     settings = ServeSettings(model_name=name, max_text_chars=max_text_chars, max_texts=max_texts,
                              max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
                              batching=batching, api_key=api_key or None)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]warning:[/] serving on {escape(host)} without "
+                                   "--api-key: anyone who can reach this port can use the model",
+                                   highlight=False)
     app = create_app(sentence_decoder(model, tokenizer, task, max_batch=max_batch), task, settings)
     # On SIGTERM uvicorn stops accepting, answers every open request, then runs the app's
     # shutdown, which lets the decode worker finish what is queued.
