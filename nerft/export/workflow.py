@@ -65,16 +65,21 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
 
 def _load_run_model(src: RunSource):
     """(model, tokenizer) as the run uses it, in float32 on CPU: an unmerged PeftModel for adapters."""
-    from nerft.model import load_model_and_tokenizer
+    from nerft.model import load_model_and_tokenizer, resolve_model
+
+    if not src.is_adapter:  # full fine-tuning saved the whole model; the base gives the tokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"trust_remote_code": True} if src.trust_remote_code else {}
+        has_tokenizer = (src.weights / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(
+            src.weights if has_tokenizer else resolve_model(src.base, **kwargs), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(src.weights, dtype=torch.float32, **kwargs)
+        return model.eval(), tokenizer
+    from peft import PeftModel
 
     base, tokenizer = load_model_and_tokenizer(src.base, dtype="float32", device="cpu",
                                                trust_remote_code=src.trust_remote_code)
-    if not src.is_adapter:
-        from transformers import AutoModelForCausalLM
-
-        kwargs = {"trust_remote_code": True} if src.trust_remote_code else {}
-        return AutoModelForCausalLM.from_pretrained(src.weights, dtype=torch.float32, **kwargs).eval(), tokenizer
-    from peft import PeftModel
 
     with warnings.catch_warnings():  # peft calls an API this transformers deprecates: not ours
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
