@@ -25,7 +25,10 @@ def _score_lines(scores: dict) -> list[str]:
     return lines or ["- no scores recorded in the run (run `nerft eval RUN --data DIR` before exporting)"]
 
 
-def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None) -> Path:
+def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None,
+               name: str | None = None) -> Path:
+    """Write OUT/README.md; `name` is the folder name the export will have (OUT may be temporary)."""
+    name = name or out.name
     info = src.info
     method = src.method or {"kind": "lora"}
     tags = ["ner", "token-classification-by-generation", "nerft", "lora" if kind == "adapter" else "merged"]
@@ -41,11 +44,14 @@ def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf
         "## Scores", *_score_lines(src.scores()), "",
         "## Training", f"- method: `{json.dumps(method, ensure_ascii=False)}`",
         f"- weights exported: `{src.weights.name}/` of the run",
-        f"- data folder: `{info.get('data_dir', '?')}`",
-        *[f"- `{name}` sha256 `{digest}`" for name, digest in sorted(data_hashes.items())],
-        f"- seed {info.get('seed', '?')}, git commit `{info.get('git_commit')}`",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in (info.get('versions') or {}).items() if v)}", "",
+        f"- data folder: `{info.get('data_dir') or src.data_dir}`",
+        *[f"- `{file}` sha256 `{digest}`" for file, digest in sorted(data_hashes.items())],
     ]
+    if "seed" in info or info.get("git_commit"):
+        body.append(f"- seed {info.get('seed', '?')}, git commit `{info.get('git_commit')}`")
+    if info.get("versions"):
+        body.append(f"- versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items() if v)}")
+    body.append("")
     if parity is not None:
         body += ["## Export check",
                  f"The merged weights were reloaded with `AutoModelForCausalLM.from_pretrained` and "
@@ -63,8 +69,8 @@ def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf
                  "labels; `nerft.export.grammar.answer_grammar(labels, sentence)` also keeps entity "
                  "texts inside a given sentence.", ""]
     body += ["## Use", "```bash",
-             f"nerft serve {out.name}      # HTTP API, web page, OpenAI-compatible endpoint",
-             f"nerft predict {out.name} \"张三在北京工作。\"" if kind == "merged" else
+             f"nerft serve {name}      # HTTP API, web page, OpenAI-compatible endpoint",
+             f"nerft predict {name} \"张三在北京工作。\"" if kind == "merged" else
              "# the adapter applies to the base model named above", "```", "",
              "Answer format: one JSON object per line, "
              '`{"entity_text": ..., "entity_label": ...}`, in sentence order, or the phrase '

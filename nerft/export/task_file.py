@@ -25,6 +25,10 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
             ids.append(extra)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
+    # ChatML models end documents with <|endoftext|>; Qwen2.5-Instruct stops at both.
+    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(end_of_text, int) and end_of_text != tokenizer.unk_token_id and end_of_text not in ids:
+        ids.append(end_of_text)
     return ids
 
 

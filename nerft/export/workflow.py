@@ -48,12 +48,12 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         if merge or not src.is_adapter:
-            result = _export_merged(src, tmp, dtype, probes, gguf, log)
+            result = _export_merged(src, tmp, out.name, dtype, probes, gguf, log)
         else:
-            result = _export_adapter(src, tmp, log)
+            result = _export_adapter(src, tmp, out.name, log)
         if out.exists():
             out.rmdir()
-        tmp.chmod(0o755)
+        _make_readable(tmp)
         tmp.rename(out)
     finally:
         if tmp.exists():
@@ -61,6 +61,17 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
     result.out = out
     result.files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     return result
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp (and some writers) create private files; an export is for sharing."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _load_run_model(src: RunSource):
@@ -90,7 +101,7 @@ def _probe_texts(src: RunSource, probes: int) -> list[str]:
     return (src.validation_texts(probes) or list(PROBE_SENTENCES))[:max(1, probes)]
 
 
-def _export_adapter(src: RunSource, out: Path, log) -> ExportResult:
+def _export_adapter(src: RunSource, out: Path, name: str, log) -> ExportResult:
     """The adapter files as trained (byte for byte), with task.json and the model card."""
     from nerft.model import resolve_model
     from transformers import AutoTokenizer, GenerationConfig
@@ -108,13 +119,13 @@ def _export_adapter(src: RunSource, out: Path, log) -> ExportResult:
             raise ExportError(f"{adapter / name}: copy differs from {src.weights / name}")
     task = Task(src.labels)
     write_task(out, task_record(task, tokenizer, generation, base_model=src.base))
-    write_card(out, src, kind="adapter", task=task, parity=None)
+    write_card(out, src, kind="adapter", task=task, parity=None, name=name)
     log(f"adapter from {src.weights} with task.json and README.md")
     return ExportResult(out, "adapter")
 
 
-def _export_merged(src: RunSource, out: Path, dtype: str, probes: int, gguf: str | None,
-                   log) -> ExportResult:
+def _export_merged(src: RunSource, out: Path, name: str, dtype: str, probes: int,
+                   gguf: str | None, log) -> ExportResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     model, tokenizer = _load_run_model(src)
@@ -137,7 +148,7 @@ def _export_merged(src: RunSource, out: Path, dtype: str, probes: int, gguf: str
     (out / "nerft.json").write_text(json.dumps({"labels": list(task.labels)}, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
     del model
-    log(f"reloading {out.name} with AutoModelForCausalLM.from_pretrained alone")
+    log(f"reloading {name} with AutoModelForCausalLM.from_pretrained alone")
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     reloaded_tok = AutoTokenizer.from_pretrained(out)
     _check_tokenizer(tokenizer, reloaded_tok, texts, task)
@@ -155,7 +166,7 @@ def _export_merged(src: RunSource, out: Path, dtype: str, probes: int, gguf: str
         _check_tokenizer(tokenizer, gguf_tok, texts, task)
         gguf_report = check_parity(reference, gguf_model, gguf_tok, task, texts, gguf)
         log(f"GGUF check passed: {gguf_report.line()}")
-    write_card(out, src, kind="merged", task=task, parity=report, gguf_parity=gguf_report)
+    write_card(out, src, kind="merged", task=task, parity=report, gguf_parity=gguf_report, name=name)
     return ExportResult(out, "merged", report, gguf_report)
 
 

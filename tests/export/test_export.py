@@ -2,6 +2,7 @@
 transformers alone and behaves like the run, and a self-check that catches a wrong export."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -72,6 +73,11 @@ def test_merged_export_loads_with_transformers_alone(merged, tiny_lora_run):
     assert [p.answer for p in run_preds] == [p.answer for p in export_preds]
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "Export check" in card and "max |Δlogit|" in card
+    assert "nerft serve merged " in card and ".tmp" not in card  # the final folder's name
+    umask = os.umask(0)
+    os.umask(umask)
+    # Not the private 0600 that temporary folders and some writers leave.
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
 
 
 def test_self_check_rejects_a_model_that_differs(merged, tiny_model_dir):
