@@ -269,13 +269,15 @@ def demo_cmd(
 
 
 def main() -> None:
-    from nerft import infer_cli, model_cli
+    from nerft import export_cli, infer_cli, model_cli, serve_cli
     from nerft.versions import too_old
 
     for line in too_old():
         fail(line)
 
     app.command("predict")(infer_cli.predict)
+    app.command("export")(export_cli.export)
+    app.command("serve")(serve_cli.serve)
     app.add_typer(model_cli.app, name="model",
                   help="Fetch and convert models (e.g. the offline demo model).")
     try:

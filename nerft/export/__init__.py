@@ -1,0 +1,12 @@
+"""Take a trained run out of nerft: the adapter with its task, a merged transformers folder, a GGUF.
+
+Every exported copy carries the exact task (labels, system prompt, answer format, stop tokens) in
+`task.json`, and an export that changes the weights checks itself against the run before it is
+called done.
+"""
+
+from nerft.errors import NerftError
+
+
+class ExportError(NerftError):
+    """An export that cannot be made or failed its own check: one line saying what to do."""

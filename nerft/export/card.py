@@ -1,0 +1,81 @@
+"""The model card (README.md) of an export: what the model is, what it was trained on, how good it
+is, and how to run it with the exact task. Every number comes from the run's own files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nerft.export.run_source import RunSource
+from nerft.prompt import Task
+
+
+def _score_lines(scores: dict) -> list[str]:
+    lines = []
+    val = scores.get("validation")
+    if val:
+        f1 = val.get("eval_f1", val.get("f1"))
+        lines.append(f"- validation entity F1 (strict micro, training-time subset, step "
+                     f"{val.get('step', '?')}): **{f1:.4f}**" if isinstance(f1, (int, float))
+                     else "- validation: scores.json without an F1")
+    test = scores.get("test")
+    if test and isinstance(test.get("f1"), (int, float)):
+        lines.append(f"- test entity F1 (strict micro, `nerft eval` on {test.get('sentences')} "
+                     f"sentences): **{test['f1']:.4f}** (P {test['precision']:.4f}, R {test['recall']:.4f})")
+    return lines or ["- no scores recorded in the run (run `nerft eval RUN --data DIR` before exporting)"]
+
+
+def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None,
+               name: str | None = None) -> Path:
+    """Write OUT/README.md; `name` is the folder name the export will have (OUT may be temporary)."""
+    name = name or out.name
+    info = src.info
+    method = src.method or {"kind": "lora"}
+    tags = ["ner", "token-classification-by-generation", "nerft", "lora" if kind == "adapter" else "merged"]
+    front = ["---", f"base_model: {json.dumps(src.base)}",
+             f"library_name: {'peft' if kind == 'adapter' else 'transformers'}",
+             "language: [zh]", f"tags: [{', '.join(tags)}]", "---", ""]
+    data_hashes = info.get("data_sha256") or {}
+    body = [
+        f"# NER model exported from `{src.run.name}` ({kind})", "",
+        f"Fine-tuned by nerft from `{src.base}` to extract {', '.join(task.labels)} entities from "
+        "Chinese sentences. The exact task (system prompt, user message, answer format, stop "
+        "tokens, chat template) is in `task.json`; prompt the model with it and nothing else.", "",
+        "## Scores", *_score_lines(src.scores()), "",
+        "## Training", f"- method: `{json.dumps(method, ensure_ascii=False)}`",
+        f"- weights exported: `{src.weights.name}/` of the run",
+        f"- data folder: `{info.get('data_dir') or src.data_dir}`",
+        *[f"- `{file}` sha256 `{digest}`" for file, digest in sorted(data_hashes.items())],
+    ]
+    if "seed" in info or info.get("git_commit"):
+        body.append(f"- seed {info.get('seed', '?')}, git commit `{info.get('git_commit')}`")
+    if info.get("versions"):
+        body.append(f"- versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items() if v)}")
+    body.append("")
+    if parity is not None:
+        body += ["## Export check",
+                 f"The merged weights were reloaded with `AutoModelForCausalLM.from_pretrained` and "
+                 f"compared with the run's base model + adapter on {parity.sentences} validation "
+                 f"sentences: {parity.line()}.", ""]
+    if gguf_parity is not None:
+        body += [f"The GGUF (`model-{gguf_parity.dtype}.gguf`, made by llama.cpp's "
+                 "`convert_hf_to_gguf.py`) was reloaded with transformers (`gguf_file=`): same "
+                 f"token ids for every checked prompt; {gguf_parity.line()}.", "",
+                 "## llama.cpp / Ollama",
+                 "```bash", "ollama create nerft-ner -f Modelfile   # then: ollama run nerft-ner '张三在北京工作。'",
+                 f"llama-cli -m model-{gguf_parity.dtype}.gguf --grammar-file answer.gbnf ...", "```",
+                 "`Modelfile` carries the chat template, the system prompt and the stop tokens; the user "
+                 "message is the bare sentence. `answer.gbnf` keeps answers in the format with known "
+                 "labels; `nerft.export.grammar.answer_grammar(labels, sentence)` also keeps entity "
+                 "texts inside a given sentence.", ""]
+    body += ["## Use", "```bash",
+             f"nerft serve {name}      # HTTP API, web page, OpenAI-compatible endpoint",
+             f"nerft predict {name} \"张三在北京工作。\"" if kind == "merged" else
+             "# the adapter applies to the base model named above", "```", "",
+             "Answer format: one JSON object per line, "
+             '`{"entity_text": ..., "entity_label": ...}`, in sentence order, or the phrase '
+             "`没有找到任何实体`. nerft decodes greedily with a constraint that keeps every entity "
+             "text a substring of the sentence and every label in the label set.", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(front + body), encoding="utf-8")
+    return path

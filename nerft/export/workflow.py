@@ -1,0 +1,193 @@
+"""`nerft export`: the adapter (or a merged transformers folder) with task.json and a model card.
+
+The export is written into a temporary folder beside `out` and renamed into place only after
+its own check passed, so a failed export never leaves a folder that looks usable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nerft.cache import sha256_file
+from nerft.export import ExportError
+from nerft.export.card import write_card
+from nerft.export.parity import PROBE_SENTENCES, ParityReport, check_parity, reference_outputs
+from nerft.export.run_source import RunSource, read_run
+from nerft.export.task_file import stop_token_ids, task_record, write_task
+from nerft.prompt import Task
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    kind: str  # adapter | merged
+    parity: ParityReport | None = None
+    gguf_parity: ParityReport | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto",
+               probes: int = 4, gguf: str | None = None, trust_remote_code: bool = False,
+               log=lambda message: None) -> ExportResult:
+    """Export `run` to `out` (which must not exist yet, or be empty)."""
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    src = read_run(run, trust_remote_code=trust_remote_code)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} already exists and is not empty; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if merge or not src.is_adapter:
+            result = _export_merged(src, tmp, out.name, dtype, probes, gguf, log)
+        else:
+            result = _export_adapter(src, tmp, out.name, log)
+        if out.exists():
+            out.rmdir()
+        _make_readable(tmp)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    result.out = out
+    result.files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    return result
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp (and some writers) create private files; an export is for sharing."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _load_run_model(src: RunSource):
+    """(model, tokenizer) as the run uses it, in float32 on CPU: an unmerged PeftModel for adapters."""
+    from nerft.model import load_model_and_tokenizer, resolve_model
+
+    if not src.is_adapter:  # full fine-tuning saved the whole model; the base gives the tokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"trust_remote_code": True} if src.trust_remote_code else {}
+        has_tokenizer = (src.weights / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(
+            src.weights if has_tokenizer else resolve_model(src.base, **kwargs), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(src.weights, dtype=torch.float32, **kwargs)
+        return model.eval(), tokenizer
+    from peft import PeftModel
+
+    base, tokenizer = load_model_and_tokenizer(src.base, dtype="float32", device="cpu",
+                                               trust_remote_code=src.trust_remote_code)
+
+    with warnings.catch_warnings():  # peft calls an API this transformers deprecates: not ours
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return PeftModel.from_pretrained(base, src.weights).eval(), tokenizer
+
+
+def _probe_texts(src: RunSource, probes: int) -> list[str]:
+    return (src.validation_texts(probes) or list(PROBE_SENTENCES))[:max(1, probes)]
+
+
+def _export_adapter(src: RunSource, out: Path, name: str, log) -> ExportResult:
+    """The adapter files as trained (byte for byte), with task.json and the model card."""
+    from nerft.model import resolve_model
+    from transformers import AutoTokenizer, GenerationConfig
+
+    folder = resolve_model(src.base, trust_remote_code=src.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        generation = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        generation = None
+    adapter = out / "adapter"
+    shutil.copytree(src.weights, adapter, ignore=shutil.ignore_patterns("scores.json", "*.tmp"))
+    for name in sorted(p.name for p in src.weights.iterdir() if p.is_file() and p.name != "scores.json"):
+        if sha256_file(src.weights / name) != sha256_file(adapter / name):
+            raise ExportError(f"{adapter / name}: copy differs from {src.weights / name}")
+    task = Task(src.labels)
+    write_task(out, task_record(task, tokenizer, generation, base_model=src.base))
+    write_card(out, src, kind="adapter", task=task, parity=None, name=name)
+    log(f"adapter from {src.weights} with task.json and README.md")
+    return ExportResult(out, "adapter")
+
+
+def _export_merged(src: RunSource, out: Path, name: str, dtype: str, probes: int,
+                   gguf: str | None, log) -> ExportResult:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    model, tokenizer = _load_run_model(src)
+    task = Task(src.labels)
+    texts = _probe_texts(src, probes)
+    log(f"reference answers of the run on {len(texts)} sentences")
+    reference = reference_outputs(model, tokenizer, task, texts)
+    if src.is_adapter:
+        model = model.merge_and_unload()
+    saved_dtype = _saved_dtype(src, dtype)
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.generation_config.bos_token_id, eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1],
+        do_sample=False)
+    model.to(getattr(torch, saved_dtype)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_task(out, task_record(task, tokenizer, model.generation_config, base_model=src.base))
+    # `nerft predict/eval/serve OUT` read the label set from here.
+    (out / "nerft.json").write_text(json.dumps({"labels": list(task.labels)}, ensure_ascii=False) + "\n",
+                                    encoding="utf-8")
+    del model
+    log(f"reloading {name} with AutoModelForCausalLM.from_pretrained alone")
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    reloaded_tok = AutoTokenizer.from_pretrained(out)
+    _check_tokenizer(tokenizer, reloaded_tok, texts, task)
+    report = check_parity(reference, reloaded, reloaded_tok, task, texts, saved_dtype)
+    log(f"check passed: {report.line()}")
+    gguf_report = None
+    if gguf is not None:
+        from nerft.export.gguf import load_gguf, write_gguf_files
+
+        del reloaded
+        log(f"converting to GGUF ({gguf}) with llama.cpp's convert_hf_to_gguf.py")
+        file = write_gguf_files(out, task, [reloaded_tok.convert_ids_to_tokens(i) for i in stops], gguf)
+        log(f"reloading {file.name} with transformers (gguf_file=)")
+        gguf_model, gguf_tok = load_gguf(file)
+        _check_tokenizer(tokenizer, gguf_tok, texts, task)
+        gguf_report = check_parity(reference, gguf_model, gguf_tok, task, texts, gguf)
+        log(f"GGUF check passed: {gguf_report.line()}")
+    write_card(out, src, kind="merged", task=task, parity=report, gguf_parity=gguf_report, name=name)
+    return ExportResult(out, "merged", report, gguf_report)
+
+
+def _saved_dtype(src: RunSource, dtype: str) -> str:
+    """`auto`: the dtype the base model ships in (its config.json), float32 when it says none."""
+    if dtype != "auto":
+        return dtype
+    from nerft.model import resolve_model
+
+    config = json.loads((resolve_model(src.base) / "config.json").read_text(encoding="utf-8"))
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return name if name in DTYPES else "float32"
+
+
+def _check_tokenizer(original, reloaded, texts: list[str], task: Task) -> None:
+    from nerft.chat import render_prompt
+
+    for text in texts:
+        a = original(render_prompt(original, task, text), add_special_tokens=False)["input_ids"]
+        b = reloaded(render_prompt(reloaded, task, text), add_special_tokens=False)["input_ids"]
+        if a != b:
+            raise ExportError(f"export check failed: the saved tokenizer or chat template encodes "
+                              f"{text!r} differently from the run's")

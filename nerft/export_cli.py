@@ -1,0 +1,60 @@
+"""`nerft export`: a run's adapter with its task and model card, or a merged transformers folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+
+def export(
+    run: Path = typer.Argument(..., metavar="RUN", help="A `nerft train` run directory."),
+    out: Path = typer.Option(..., "--out", help="New folder for the export (must not exist or be empty)."),
+    merge: bool = typer.Option(False, "--merge", help="Write a plain transformers folder with the "
+                               "adapter merged in (loads with AutoModelForCausalLM alone)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Merged weights dtype: auto (the base "
+                              "model's), float32, bfloat16 or float16."),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help="Also write a GGUF (f16 or q8_0) with an "
+                                       "Ollama Modelfile and a GBNF grammar; implies --merge."),
+    probes: int = typer.Option(4, "--check-sentences", min=1,
+                               help="Validation sentences the export's self-check decodes."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the Python code the model ships (its auto_map). "
+        "Never read from a run's files: only this flag allows it."),
+):
+    """Export a trained run; merged exports check themselves against the run (exit 1 on mismatch).
+
+    \b
+    Examples:
+      nerft export runs/demo-cpu --out exports/demo-adapter
+      nerft export runs/demo-cpu --out exports/demo-merged --merge
+      nerft export runs/demo-cpu --out exports/demo-gguf --gguf q8_0
+    """
+    from rich.markup import escape
+
+    from nerft.cli_common import fail
+    from nerft.export import ExportError
+    from nerft.export.workflow import export_run
+    from nerft.model import ModelSourceError
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the export prints its own steps
+    err = Console(stderr=True)
+    if gguf is not None and gguf not in ("f16", "q8_0"):
+        fail(f"--gguf {gguf!r}: choose f16 or q8_0")
+    try:
+        result = export_run(run, out, merge=merge or gguf is not None, dtype=dtype, probes=probes,
+                            gguf=gguf, trust_remote_code=trust_remote_code,
+                            log=lambda m: err.print(escape(m), highlight=False, soft_wrap=True))
+    except ExportError as e:
+        message = str(e)
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        # A self-check failure means the export itself is wrong (exit 1), not the input (exit 2).
+        raise typer.Exit(1 if message.startswith("export check failed") else 2)
+    except ModelSourceError as e:
+        fail(str(e))
+    Console().print(f"[bold]exported[/] {result.kind} → {result.out} ({len(result.files)} files)",
+                    highlight=False)

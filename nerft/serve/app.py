@@ -1,0 +1,213 @@
+"""The FastAPI app: /v1/ner, the OpenAI-compatible chat endpoint, health, metrics, the web page.
+
+Offsets in every answer are Unicode code points, end exclusive: `text[start:end]` in Python
+(JavaScript strings count UTF-16 units; the page converts with `Array.from`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
+
+from nerft.prompt import Task
+from nerft.serve.batcher import Batcher, Draining, QueueFull
+from nerft.serve.metrics import ServiceMetrics
+
+ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/task", "/v1/ner", "/v1/chat/completions",
+          "/docs", "/openapi.json")
+ERROR_KINDS = {401: "unauthorized", 404: "not_found", 413: "too_large", 422: "invalid",
+               503: "unavailable"}
+
+
+@dataclass
+class ServeSettings:
+    model_name: str
+    max_text_chars: int = 2000
+    max_texts: int = 64
+    max_batch: int = 16
+    max_wait: float = 0.01
+    max_queue: int = 256
+    batching: bool = True
+    api_key: str | None = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        # Room for every allowed sentence as escaped JSON (\uXXXX is 6 bytes a character).
+        return 4096 + self.max_texts * (6 * self.max_text_chars + 16)
+
+
+class NerRequest(BaseModel):
+    """One sentence (`text`) or several (`texts`), not both."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr | None = None
+    texts: list[StrictStr] | None = None
+
+    @model_validator(mode="after")
+    def one_of(self):
+        if (self.text is None) == (self.texts is None):
+            raise ValueError('give either "text" (a string) or "texts" (a list of strings)')
+        if self.texts is not None and not self.texts:
+            raise ValueError('"texts" is empty')
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts)
+
+
+class Service:
+    """The pieces every route shares: settings, task, metrics, and the batching worker."""
+
+    def __init__(self, decode: Callable, task: Task, settings: ServeSettings):
+        self.decode, self.task, self.settings = decode, task, settings
+        self.metrics = ServiceMetrics()
+        self.batcher: Batcher | None = None
+        self.started = int(time.time())
+        self._batch_seconds = 0.5  # running mean of decode call time, for Retry-After
+
+    def start(self) -> None:
+        stats = self.metrics.batch_stats()
+        timed = stats.on_batch
+
+        def on_batch(n: int, seconds: float) -> None:
+            timed(n, seconds)
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+
+        stats.on_batch = on_batch
+        s = self.settings
+        self.batcher = Batcher(self.decode, max_batch=s.max_batch, max_wait=s.max_wait,
+                               max_queue=s.max_queue, batching=s.batching, stats=stats)
+
+    def check_limits(self, texts: list[str]) -> None:
+        s = self.settings
+        if len(texts) > s.max_texts:
+            raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {s.max_texts}")
+        for i, text in enumerate(texts):
+            if len(text) > s.max_text_chars:
+                raise HTTPException(413, f"text {i} has {len(text)} characters; the limit is "
+                                         f"{s.max_text_chars}")
+
+    async def decode_texts(self, texts: list[str]) -> list:
+        """Queue `texts` for the worker and wait for their answers (503 when full or draining)."""
+        self.check_limits(texts)
+        try:
+            future = self.batcher.submit(texts)
+        except QueueFull as e:
+            wait = max(1, math.ceil(self._batch_seconds * (1 + self.batcher.pending / self.settings.max_batch)))
+            raise HTTPException(503, f"busy: {e}; retry in {wait} s", headers={"Retry-After": str(wait)})
+        except Draining as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "5"})
+        return await asyncio.wrap_future(future)
+
+
+def _authorized(request: Request, key: str) -> bool:
+    """Bearer token (OpenAI clients), X-API-Key, or Basic auth with the key as password (browsers)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    given = request.headers.get("x-api-key", "")
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            given = ""
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
+def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI:
+    """The service app; `decode(texts) -> [Decoded]` runs on the batching worker thread only."""
+    from nerft.serve.openai_api import add_chat_routes
+
+    service = Service(decode, task, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        yield
+        # uvicorn stops here only after every open request has been answered; close() then
+        # lets the worker finish anything still queued before the process exits.
+        await asyncio.get_running_loop().run_in_executor(None, service.batcher.close)
+
+    app = FastAPI(title="nerft NER service", lifespan=lifespan,
+                  description="Chinese named-entity recognition with a fine-tuned chat model. "
+                              "Offsets are Unicode code points, end exclusive.")
+    app.state.service = service
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next):
+        started = time.perf_counter()
+        path = request.url.path
+        route = path if path in ROUTES else "other"
+        length = request.headers.get("content-length", "")
+        service.metrics.in_progress.labels(route).inc()
+        try:
+            response = await _guarded(request, call_next, path, length)
+        finally:
+            service.metrics.in_progress.labels(route).dec()
+        status = response.status_code
+        service.metrics.requests.labels(route, str(status)).inc()
+        service.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        if status >= 400:
+            kind = ERROR_KINDS.get(status, "server_error" if status >= 500 else "client_error")
+            service.metrics.errors.labels(kind).inc()
+        return response
+
+    async def _guarded(request: Request, call_next, path: str, length: str):
+        if settings.api_key and path != "/health" and not _authorized(request, settings.api_key):
+            response = JSONResponse({"detail": "missing or wrong API key: send 'Authorization: "
+                                               "Bearer KEY'"}, status_code=401,
+                                    headers={"WWW-Authenticate": 'Basic realm="nerft"'})
+        elif length.isdigit() and int(length) > settings.max_body_bytes:
+            response = JSONResponse({"detail": f"request body of {int(length)} bytes; the limit is "
+                                               f"{settings.max_body_bytes}"}, status_code=413)
+        else:
+            response = await call_next(request)
+        return response
+
+    @app.get("/health", summary="Liveness; never needs the API key")
+    async def health():
+        return {"status": "ok", "model": settings.model_name,
+                "queued_sentences": service.batcher.pending if service.batcher else 0}
+
+    @app.get("/v1/models", summary="The served model (OpenAI format)")
+    async def models():
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model",
+                                            "created": service.started, "owned_by": "nerft"}]}
+
+    @app.get("/v1/task", summary="Labels and instruction of the served task")
+    async def task_info():
+        return {"model": settings.model_name, "labels": list(task.labels),
+                "system_prompt": task.system_prompt,
+                "limits": {"max_text_chars": settings.max_text_chars, "max_texts": settings.max_texts}}
+
+    @app.post("/v1/ner", summary="Entities of one or more sentences")
+    async def ner(body: NerRequest):
+        """`{"text": ...}` or `{"texts": [...]}` → entities with code-point offsets, end exclusive."""
+        decoded = await service.decode_texts(body.all_texts())
+        return {"model": settings.model_name,
+                "results": [{"text": d.text, "entities": [e.to_dict() for e in d.entities]}
+                            for d in decoded]}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics():
+        body, content_type = service.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(resources.files("nerft.serve").joinpath("page.html").read_text(encoding="utf-8"))
+
+    add_chat_routes(app, service)
+    return app

@@ -1,0 +1,92 @@
+"""`nerft serve`: the NER model over HTTP (JSON API, OpenAI-compatible chat, web page, metrics)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def serve(
+    run_or_model: str = typer.Argument(
+        ..., metavar="RUN_OR_MODEL", help="A `nerft train` run, a `nerft export` folder, or a base "
+        "model source (demo, hub id, .gguf) for zero-shot use."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 0.0.0.0 exposes the "
+                             "service to the network (set --api-key then)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="NERFT_API_KEY",
+                                          help="Require this key on every route but /health "
+                                               "(Bearer, X-API-Key, or Basic password)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated label names "
+                                         "(default: the run's or export's)."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sentences per decode call."),
+    max_wait_ms: float = typer.Option(10, "--max-wait-ms", min=0, help="How long the oldest "
+                                      "waiting request may wait for others to share its batch."),
+    max_queue: int = typer.Option(256, "--max-queue", min=1, help="Sentences waiting at most; "
+                                  "beyond it requests get 503 with Retry-After."),
+    max_text_chars: int = typer.Option(2000, "--max-text-chars", min=1,
+                                       help="Longest sentence accepted (413 beyond)."),
+    max_texts: int = typer.Option(64, "--max-texts", min=1, help="Sentences per request (413 beyond)."),
+    batching: bool = typer.Option(True, "--batching/--no-batching",
+                                  help="Share decode calls between concurrent requests."),
+    backend: str = typer.Option("hf", "--backend", help="hf (transformers, CPU or GPU) or vllm "
+                                "(GPU; needs `pip install 'nerft[vllm]'` and CUDA)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+):
+    """Serve a model: POST /v1/ner, POST /v1/chat/completions, GET / (web page), /metrics, /docs.
+
+    \b
+    Examples:
+      nerft serve runs/demo-cpu
+      nerft serve exports/demo-merged --port 9000 --api-key "$KEY"
+      curl -s localhost:8000/v1/ner -d '{"text": "张三在北京工作。"}' -H 'Content-Type: application/json'
+    """
+    from rich.markup import escape
+
+    from nerft.cli_common import fail
+
+    if backend not in ("hf", "vllm"):
+        fail(f"--backend {backend!r}: choose hf or vllm")
+    if backend == "vllm":
+        from nerft.serve.vllm_backend import VllmUnavailable, check_vllm
+
+        try:
+            check_vllm()
+        except VllmUnavailable as e:
+            fail(str(e))
+    label_set = tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None
+    if labels is not None and not label_set:
+        fail("--labels is empty; give names such as 地点,人名,地理实体,组织")
+
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    from nerft.infer.predict import InferenceError
+    from nerft.model import ModelSourceError
+    from nerft.serve.app import ServeSettings, create_app
+    from nerft.serve.engine import load_served, sentence_decoder
+
+    hf_logging.disable_progress_bar()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        model, tokenizer, task, name = load_served(run_or_model, label_set)
+    except (InferenceError, ModelSourceError) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{run_or_model}: {e}".splitlines()[0])
+    settings = ServeSettings(model_name=name, max_text_chars=max_text_chars, max_texts=max_texts,
+                             max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
+                             batching=batching, api_key=api_key or None)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]warning:[/] serving on {escape(host)} without "
+                                   "--api-key: anyone who can reach this port can use the model",
+                                   highlight=False)
+    app = create_app(sentence_decoder(model, tokenizer, task, max_batch=max_batch), task, settings)
+    # On SIGTERM uvicorn stops accepting, answers every open request, then runs the app's
+    # shutdown, which lets the decode worker finish what is queued.
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=120)

@@ -1,0 +1,125 @@
+"""`nerft export` on a tiny LoRA run: the adapter with its task, a merged folder that loads with
+transformers alone and behaves like the run, and a self-check that catches a wrong export."""
+
+import json
+import os
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from nerft.export import ExportError
+from nerft.export.parity import check_parity, reference_outputs
+from nerft.export_cli import export
+from nerft.infer.predict import load_for_inference, predict
+from nerft.prompt import Task
+
+IM_END, END_OF_TEXT = 151_645, 151_643
+
+
+@pytest.fixture(scope="module")
+def cli():
+    app = typer.Typer()
+    app.command()(export)
+    runner = CliRunner()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield lambda args: runner.invoke(app, [str(a) for a in args])
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def merged(cli, tiny_lora_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports") / "merged"
+    result = cli([tiny_lora_run, "--out", out, "--merge"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_adapter_export_carries_the_task_and_card(cli, tiny_lora_run, tmp_path, tiny_model_dir):
+    out = tmp_path / "adapter"
+    result = cli([tiny_lora_run, "--out", out])
+    assert result.exit_code == 0, result.output
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (tiny_lora_run / "best" / "adapter_model.safetensors").read_bytes()
+    task = json.loads((out / "task.json").read_text(encoding="utf-8"))
+    expected = Task(("地点", "人名", "地理实体", "组织"))
+    assert task["labels"] == list(expected.labels) and task["system_prompt"] == expected.system_prompt
+    assert task["stop_tokens"][:2] == ["<|im_end|>", "<|endoftext|>"]
+    assert task["stop_token_ids"][:2] == [IM_END, END_OF_TEXT]
+    assert task["answer_format"]["no_entity"] == "没有找到任何实体"
+    assert task["base_model"] == str(tiny_model_dir) and "<|im_start|>" in task["chat_template"]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nbase_model: ") and "validation entity F1" in card and "0.2500" in card
+    assert json.loads((tiny_lora_run / "run.json").read_text())["data_sha256"]["val.jsonl"] in card
+
+
+def test_merged_export_loads_with_transformers_alone(merged, tiny_lora_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    out, output = merged
+    assert "check passed" in output and "answers identical on 3/3" in output
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert not hasattr(model, "peft_config") and tokenizer.chat_template
+    eos = GenerationConfig.from_pretrained(out).eos_token_id
+    assert eos[:2] == [IM_END, END_OF_TEXT]
+    # Same entities as the run itself on sentences it was not checked on.
+    texts = [("a", "王五在广州的中山大学工作。"), ("b", "我们明天去南京看长江。")]
+    run_preds = predict(*load_for_inference(str(tiny_lora_run)), texts)
+    export_preds = predict(*load_for_inference(str(out)), texts)  # labels from nerft.json
+    assert [p.answer for p in run_preds] == [p.answer for p in export_preds]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "Export check" in card and "max |Δlogit|" in card
+    assert "nerft serve merged " in card and ".tmp" not in card  # the final folder's name
+    umask = os.umask(0)
+    os.umask(umask)
+    # Not the private 0600 that temporary folders and some writers leave.
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
+
+
+def test_self_check_rejects_a_model_that_differs(merged, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = merged
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    task = Task(("地点", "人名", "地理实体", "组织"))
+    texts = ["张三在北京大学读书。", "李四昨天去了上海。"]
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    reference = reference_outputs(model, tokenizer, task, texts)
+    assert check_parity(reference, model, tokenizer, task, texts, "float32").max_logit_diff == 0
+    # What a broken merge leaves behind: the base weights without the adapter.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with pytest.raises(ExportError, match=r"export check failed: max \|Δlogit\| [0-9.e+-]+ \(allowed 1.00e-03"):
+        check_parity(reference, base, tokenizer, task, texts, "float32")
+
+
+def test_export_errors(cli, tiny_lora_run, tmp_path, merged):
+    result = cli([tmp_path / "nothing", "--out", tmp_path / "x"])
+    assert result.exit_code == 2 and "not a `nerft train` run directory" in result.output
+    out, _ = merged
+    result = cli([tiny_lora_run, "--out", out])
+    assert result.exit_code == 2 and "already exists and is not empty" in result.output
+    result = cli([tiny_lora_run, "--out", tmp_path / "y", "--gguf", "q4"])
+    assert result.exit_code == 2 and "choose f16 or q8_0" in result.output
+
+
+def test_full_fine_tuning_run_exports_as_a_model_folder(cli, tiny_lora_run, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "full"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # what full fine-tuning leaves: every weight may have moved
+        model.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    model.save_pretrained(run / "best")  # no tokenizer: the base model's is used
+    for name in ("config.yaml", "run.json"):
+        (run / name).write_bytes((tiny_lora_run / name).read_bytes())
+    out = tmp_path / "export"
+    result = cli([run, "--out", out])  # no adapter to keep: always a merged-style folder
+    assert result.exit_code == 0, result.output
+    assert "exported merged" in result.output and "answers identical on 3/3" in result.output
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    name = "model.layers.1.mlp.up_proj.weight"
+    assert torch.equal(reloaded.state_dict()[name], model.state_dict()[name])
