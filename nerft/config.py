@@ -75,7 +75,9 @@ class TrainingConfig(_Section):
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on CPU")
 
 
-class EvalConfig(_Section):
+class ValidationConfig(_Section):
+    """The `eval` section: validation during training (loss, F1 on a fixed subset, early stop)."""
+
     eval_steps: int = Field(50, ge=1)
     at_start: bool = Field(True, description="score the untrained model first (step 0)")
     val_size: int = Field(64, ge=1, description="fixed validation subset for F1 during training")
@@ -104,7 +106,7 @@ class Config(_Section):
     model: ModelConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: ValidationConfig = Field(default_factory=ValidationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
