@@ -25,6 +25,9 @@ class DataConfig(_Section):
     dir: Path = Field(description="folder written by `nerft data prepare` (train/val/test.jsonl)")
     train_limit: Optional[int] = Field(None, ge=1, description="use only the first N training rows")
     max_length: int = Field(384, ge=16, description="longer rows are dropped, never truncated")
+    replay_share: float = Field(
+        0.3, ge=0, lt=1, description="with init_from: the share of the training rows drawn "
+        "(seeded) from the parent run's own training data, so old skills are not forgotten")
 
 
 class ModelConfig(_Section):
@@ -96,6 +99,9 @@ class TrackingConfig(_Section):
 
 
 class Config(_Section):
+    init_from: Optional[Path] = Field(
+        None, description="a finished `nerft train` run to continue from: its adapter (or "
+        "weights) is the starting point and data.replay_share of its training rows are mixed in")
     data: DataConfig
     model: ModelConfig
     method: MethodConfig = Field(default_factory=MethodConfig)

@@ -17,6 +17,7 @@ from rich.markup import escape
 from nerft.config import Config
 from nerft.data.example import Example, read_examples
 from nerft.prompt import Task
+from nerft.train import continual
 from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
 from nerft.train.collate import PackedCollator
 from nerft.train.encode import encode_examples
@@ -39,6 +40,7 @@ class RunSummary:
     best_f1: float | None
     initial_f1: float | None
     stopped_early: bool
+    new_labels: tuple[str, ...] = ()  # init_from: labels the parent run never saw
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -120,15 +122,22 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     val_rows = list(read_examples(config.data.dir / "val.jsonl"))
     if not train_rows or not val_rows:
         raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows")
-    task = Task(task_labels(config.data.dir, train_rows))
+    labels = task_labels(config.data.dir, train_rows)
+    lineage = continual.start(config, train_rows, labels, console)  # None without init_from
+    if lineage is not None:
+        train_rows, labels = train_rows + lineage.replay, lineage.labels
+    task = Task(labels)
     init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
-                 resume_changes=resume_changes)
+                 resume_changes=resume_changes, lineage=lineage.info if lineage else None)
 
     model, tokenizer = load_model_and_tokenizer(
-        config.model.source, dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code)
+        lineage.source if lineage else config.model.source, dtype=config.model.dtype,
+        trust_remote_code=config.model.trust_remote_code,
+        tokenizer_folder=lineage.tokenizer_folder if lineage else None)
     model.set_attn_implementation(config.model.attn_implementation)
     model.config.use_cache = False  # training never reuses a cache; generation passes its own
-    model, report = apply_method(model, config.method)
+    model, report = (continual.continue_model(lineage, model, config) if lineage
+                     else apply_method(model, config.method))
     console.print(f"{config.method.kind}: {report}", highlight=False)
 
     train_enc, train_report = encode_examples(tokenizer, task, train_rows, config.data.max_length)
@@ -210,6 +219,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     summary = RunSummary(
         run_dir=run_dir, steps=state.global_step, best_step=state.best_global_step,
         best_f1=state.best_metric, initial_f1=evals[0]["eval_f1"] if evals and evals[0]["step"] == 0 else None,
-        stopped_early=trainer.stopped_early_at is not None)
+        stopped_early=trainer.stopped_early_at is not None,
+        new_labels=lineage.new_labels if lineage else ())
     write_json_atomic(run_dir / "summary.json", summary.to_dict())
     return summary
