@@ -1,0 +1,2 @@
+def test_learn(learned_run):
+    print(learned_run)
