@@ -1,2 +1,0 @@
-def test_learn(learned_run):
-    print(learned_run)
