@@ -14,7 +14,7 @@ make an answer worth checking. Sentences are ranked by margin, smallest first
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
