@@ -49,9 +49,11 @@ def compare(
     if len(set(names)) != len(names):
         fail("the same --data was given twice")
     try:
-        data_sets = [(d.name if d.is_dir() else d.stem, load_split(d, split, limit)[0]) for d in data]
+        loaded = [load_split(d, split, limit) for d in data]
     except EvalInputError as e:
         fail(str(e))
+    data_sets = [(d.name if d.is_dir() else d.stem, examples) for d, (examples, _) in zip(data, loaded)]
+    labels = next((lb for _, lb in loaded if lb), None)  # for a model that is not a run
     name_a, name_b = model_name(run_a), model_name(run_b)
     if name_a == name_b:
         name_a, name_b = f"A ({name_a})", f"B ({name_b})"
@@ -60,7 +62,7 @@ def compare(
         err.print(f"decoding {sum(len(x) for _, x in data_sets):,} sentences with {ref}", highlight=False)
         try:
             preds.append(predict_data_sets(ref, data_sets, batch_size=batch_size, constrained=constrain,
-                                           trust_remote_code=trust_remote_code))
+                                           fallback_labels=labels, trust_remote_code=trust_remote_code))
         except (ModelSourceError, InferenceError, ValueError) as e:
             fail(str(e))
     results = [compare_predictions(name, examples, pa, pb, seed=seed)

@@ -132,13 +132,16 @@ def write_report(out: Path, name_a: str, name_b: str, results: list[DataSetCompa
 
 def predict_data_sets(model_ref: str, data_sets: list[tuple[str, list[Example]]], *,
                       batch_size: int = 16, constrained: bool = True,
+                      fallback_labels: tuple[str, ...] | None = None,
                       trust_remote_code: bool = False) -> list[list[list[Span]]]:
-    """Spans each data set's sentences get from one model (loaded once, then released)."""
+    """Spans each data set's sentences get from one model (loaded once, then released). A run
+    keeps its own labels; `fallback_labels` (the data's) are for a model that has none."""
     from nerft.infer.generate import AnswerGenerator
     from nerft.infer.predict import load_for_inference
     from nerft.prompt import parse_answer
 
-    model, tokenizer, task = load_for_inference(model_ref, trust_remote_code=trust_remote_code)
+    model, tokenizer, task = load_for_inference(model_ref, fallback_labels=fallback_labels,
+                                                trust_remote_code=trust_remote_code)
     generator = AnswerGenerator(model, tokenizer, task)
     out = []
     for _, examples in data_sets:
