@@ -139,3 +139,30 @@ def test_replay_share_is_checked_in_the_config(tmp_path):
     with pytest.raises(ConfigError, match="data.replay_share"):
         load_config(path, ["data.replay_share=1.5"])
     assert load_config(path, ["init_from=runs/x"]).init_from.name == "x"
+
+
+def test_a_full_fine_tuned_parent_is_the_starting_model(learned_run, tmp_path):
+    parent_run, data, base = learned_run  # full fine-tuning; its val.jsonl is its train.jsonl
+    new = _write(tmp_path / "new", MORE_ROWS, ["人名", "地点"], val_rows=data / "val.jsonl")
+    (new / "stats.json").write_text((data / "stats.json").read_text(encoding="utf-8"))
+    config = _config(new, base, tmp_path / "child", method__kind="full", eval__at_start=True,
+                     training__max_steps=1, eval__eval_steps=1000, eval__val_size=30,
+                     eval__batch_size=30)  # the parent's batching: the same loss average
+    config.init_from = parent_run
+    train(config)
+    parent_last = max(_eval_losses(parent_run).items())[1]
+    assert abs(_eval_losses(tmp_path / "child")[0] - parent_last) < 1e-5
+    assert RunDir(tmp_path / "child").info()["init_from"]["parent_kind"] == "full"
+
+    from nerft.runs import list_runs
+
+    (row,) = list_runs(tmp_path)
+    assert row.parent == str(parent_run.resolve()) and row.method == "full"
+
+
+def test_a_full_parent_cannot_grow_an_adapter(learned_run, tmp_path):
+    parent_run, data, base = learned_run
+    config = _config(data, base, tmp_path / "child")  # method lora
+    config.init_from = parent_run
+    with pytest.raises(ContinueError, match="method.kind=full or freeze"):
+        train(config)
