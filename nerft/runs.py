@@ -37,7 +37,9 @@ def find_runs(root: Path) -> list[RunDir]:
     for _ in range(MAX_DEPTH):
         nxt = []
         for folder in level:
-            for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            # Links to folders are skipped: they would list a run twice (e.g. a `latest` link).
+            for child in sorted(p for p in folder.iterdir()
+                                if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
                 if RunDir.is_run(child):
                     found.append(RunDir(child))  # a run's own subfolders are not searched
                 else:

@@ -49,6 +49,7 @@ def test_runs_lists_parents_first_with_scores_size_and_lineage(tmp_path):
     _run(root / "a" / "v2", data, parent=v1, steps=40, best=0.84)
     _run(root / "broken", data, kind="full")  # still running: no summary yet
     (root / "notes").mkdir()  # not a run: skipped
+    (root / "latest").symlink_to(v1)  # a link to a run: listed once, under its own name
 
     rows = list_runs(root)
     assert sorted(r.name for r in rows) == ["a/v2", "broken", "v1"] and rows[-1].name == "a/v2"
