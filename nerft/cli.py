@@ -107,10 +107,13 @@ def train_cmd(
       nerft train configs/demo-cpu.yaml training.lr=2e-4 training.output_dir=runs/lr2e-4
       nerft train configs/qwen2-1.5b-ccfbdci.yaml method.kind=dora method.top_k_layers=8
       nerft train configs/demo-cpu.yaml --resume        # after a crash or kill
+      nerft train configs/demo-cpu.yaml init_from=runs/demo-cpu data.dir=data/new \\
+            training.output_dir=runs/demo-cpu-2          # continue on new data, 30% replay
     """
     from nerft.config import ConfigError, load_config
     from nerft.model import ModelSourceError
     from nerft.run_dir import RunDirError
+    from nerft.train.continual import ContinueError
     from nerft.train.resume import AlreadyFinished, RunStateError
     from nerft.train.workflow import TrainError, train
 
@@ -133,9 +136,11 @@ def train_cmd(
     except AlreadyFinished as e:
         Console().print(str(e), highlight=False, soft_wrap=True)
         return
-    except (ConfigError, TrainError, RunStateError, RunDirError, ModelSourceError) as e:
+    except (ConfigError, TrainError, RunStateError, RunDirError, ModelSourceError, ContinueError) as e:
         fail(str(e))
     out = Console()
+    if summary.new_labels:
+        out.print(f"labels new in this run (its parent never saw them): {', '.join(summary.new_labels)}")
     out.print(f"[bold]done[/]: {summary.steps} steps; run directory {summary.run_dir}")
     if summary.best_step is not None:
         before = f"{summary.initial_f1:.4f}" if summary.initial_f1 is not None else "n/a"
@@ -281,7 +286,7 @@ def demo_cmd(
 
 
 def main() -> None:
-    from nerft import export_cli, infer_cli, model_cli, serve_cli
+    from nerft import compare_cli, export_cli, infer_cli, model_cli, runs_cli, select_cli, serve_cli
     from nerft.versions import too_old
 
     for line in too_old():
@@ -290,6 +295,9 @@ def main() -> None:
     app.command("predict")(infer_cli.predict)
     app.command("export")(export_cli.export)
     app.command("serve")(serve_cli.serve)
+    app.command("compare")(compare_cli.compare)
+    app.command("runs")(runs_cli.runs)
+    app.command("select")(select_cli.select)
     app.add_typer(model_cli.app, name="model",
                   help="Fetch and convert models (e.g. the offline demo model).")
     try:

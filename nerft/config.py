@@ -29,6 +29,9 @@ class DataConfig(_Section):
     max_empty_share: Optional[float] = Field(
         None, ge=0, le=1, description="at most this share of training rows without any entity "
         "(a seeded sample of them is kept; None keeps all)")
+    replay_share: float = Field(
+        0.3, ge=0, lt=1, description="with init_from: the share of the training rows drawn "
+        "(seeded) from the parent run's own training data, so old skills are not forgotten")
 
 
 class ModelConfig(_Section):
@@ -102,6 +105,9 @@ class TrackingConfig(_Section):
 
 
 class Config(_Section):
+    init_from: Optional[Path] = Field(
+        None, description="a finished `nerft train` run to continue from: its adapter (or "
+        "weights) is the starting point and data.replay_share of its training rows are mixed in")
     data: DataConfig
     model: ModelConfig
     method: MethodConfig = Field(default_factory=MethodConfig)

@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -119,6 +120,52 @@ class RunDir:
     def finished(self) -> bool:
         return self.summary.is_file()
 
+    def parent(self) -> "RunDir | None":
+        """The run this one was continued from (`init_from`), as recorded in run.json."""
+        parent = (self.info().get("init_from") or {}).get("run")
+        return RunDir(Path(parent)) if parent else None
+
+    def method_kind(self) -> str:
+        return str((self.raw_config().get("method") or {}).get("kind", "lora"))
+
+    def summary_info(self) -> dict | None:
+        """summary.json (steps, best F1...) of a finished run; None while it runs."""
+        if not self.finished():
+            return None
+        try:
+            data = json.loads(self.summary.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise RunDirError(f"{self.summary}: cannot read ({e})") from e
+        return data if isinstance(data, dict) else None
+
+    def eval_f1(self, split: str = "test") -> float | None:
+        """Strict micro F1 that `nerft eval RUN --split SPLIT` wrote (RUN/eval-SPLIT), if any."""
+        path = self.path / f"eval-{split}" / "metrics.json"
+        if not path.is_file():
+            return None
+        try:
+            return float(json.loads(path.read_text(encoding="utf-8"))["scores"]["strict"]["micro"]["f1"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RunDirError(f"{path}: not a metrics.json written by nerft eval ({e})") from e
+
+    def training_rows_file(self) -> tuple[Path, int | None]:
+        """The train.jsonl this run trained on and the row limit it applied, checked against
+        the hash recorded when it started (replay must draw from what the run really saw)."""
+        info = self.info()
+        data_dir = info.get("data_dir")
+        if not data_dir:
+            raise RunDirError(f"{self.run_json}: no data_dir recorded")
+        path = Path(data_dir) / "train.jsonl"
+        recorded = (info.get("data_sha256") or {}).get("train.jsonl")
+        if not path.is_file():
+            raise RunDirError(f"{path}: the training data of {self.path} is gone; replay needs "
+                              "it (or set data.replay_share=0)")
+        if recorded and sha256_file(path) != recorded:
+            raise RunDirError(f"{path} changed since {self.path} trained on it; replay needs the "
+                              "same rows (or set data.replay_share=0)")
+        limit = (self.raw_config().get("data") or {}).get("train_limit")
+        return path, limit
+
     def recover_best(self) -> None:
         """Finish a `best/` swap that a kill interrupted (see `replace_folder`)."""
         recover_folder(self.best, self.best_staging, self.best_old)
@@ -176,7 +223,7 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[str],
-                 resume_changes: list[str] = ()) -> None:
+                 resume_changes: list[str] = (), lineage: dict | None = None) -> None:
     """Write config.yaml and run.json for a new run; on resume keep config.yaml as the run
     started and record in run.json which (harmless) settings this resume changed."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,14 +235,18 @@ def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[st
         "data_sha256": data_files,
         "labels": labels,
         "seed": config.training.seed,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),
         "git_commit": git_commit(),
         "command": sys.argv,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count()},
     }
+    if lineage:
+        info["init_from"] = lineage  # parent, replay share and rows, labels new in this run
     if resume and (run_dir / "run.json").is_file():
         old = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        info["started_at"] = old.get("started_at", info["started_at"])
         if old.get("data_sha256") != data_files:
             raise RunDirError(f"{run_dir}: the data changed since this run started; "
                              "resume needs the same data (or start a new run)")

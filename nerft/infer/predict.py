@@ -55,13 +55,27 @@ def load_for_inference(path_or_source: str, labels: tuple[str, ...] | list[str] 
         if _looks_like_path(path_or_source) and not path.exists():
             raise InferenceError(f"{path_or_source}: no such run or model folder")
         model, tokenizer = load_model_and_tokenizer(path_or_source, trust_remote_code=trust_remote_code)
-        run_labels = None
+        run_labels = _export_labels(path) if path.is_dir() else None
     chosen = tuple(labels) if labels else run_labels or fallback_labels or DEFAULT_LABELS
     try:
         task = Task(tuple(chosen))
     except ValueError as e:
         raise InferenceError(f"labels {','.join(chosen)}: {e}") from e
     return model, tokenizer, task
+
+
+def _export_labels(folder: Path) -> tuple[str, ...] | None:
+    """The labels a merged `nerft export` folder records in nerft.json, if it is one."""
+    record = folder / "nerft.json"
+    if not record.is_file():
+        return None
+    try:
+        labels = json.loads(record.read_text(encoding="utf-8")).get("labels")
+    except (OSError, ValueError, AttributeError) as e:
+        raise InferenceError(f"{record}: cannot read its labels ({e})") from e
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise InferenceError(f"{record}: field labels must be a list of names")
+    return tuple(labels)
 
 
 def _looks_like_path(source: str) -> bool:

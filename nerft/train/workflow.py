@@ -16,6 +16,7 @@ from rich.markup import escape
 from nerft.config import Config
 from nerft.data.example import Example, read_examples
 from nerft.prompt import Task
+from nerft.train import continual
 from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
 from nerft.train.collate import PackedCollator
 from nerft.train.encode import encode_examples
@@ -42,6 +43,7 @@ class RunSummary:
     stopped_early: bool
     # Validation F1 and gold count per label at the best step: {label: {"f1", "support"}}.
     best_per_label: dict[str, dict[str, float]] = field(default_factory=dict)
+    new_labels: tuple[str, ...] = ()  # init_from: labels the parent run never saw
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -140,18 +142,25 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     val_rows = list(read_examples(config.data.dir / "val.jsonl"))
     if not train_rows or not val_rows:
         raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows")
+    labels = task_labels(config.data.dir, train_rows)
+    lineage = continual.start(config, train_rows, labels, console)  # None without init_from
+    if lineage is not None:
+        train_rows, labels = train_rows + lineage.replay, lineage.labels
     try:
-        task = Task(task_labels(config.data.dir, train_rows))
+        task = Task(labels)
     except ValueError as e:
         raise TrainError(f"{config.data.dir}: {e}") from e
     # The model first: a mistyped source must not leave a run directory behind.
     model, tokenizer = load_model_and_tokenizer(
-        config.model.source, dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code)
+        lineage.source if lineage else config.model.source, dtype=config.model.dtype,
+        trust_remote_code=config.model.trust_remote_code,
+        tokenizer_folder=lineage.tokenizer_folder if lineage else None)
     init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
-                 resume_changes=resume_changes)
+                 resume_changes=resume_changes, lineage=lineage.info if lineage else None)
     model.set_attn_implementation(config.model.attn_implementation)
     model.config.use_cache = False  # training never reuses a cache; generation passes its own
-    model, report = apply_method(model, config.method)
+    model, report = (continual.continue_model(lineage, model, config) if lineage
+                     else apply_method(model, config.method))
     console.print(f"{config.method.kind}: {report}", highlight=False)
 
     train_enc, train_report = encode_examples(tokenizer, task, train_rows, config.data.max_length)
@@ -237,6 +246,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         run_dir=run_dir, steps=state.global_step, best_step=state.best_global_step,
         best_f1=state.best_metric, initial_f1=evals[0]["eval_f1"] if evals and evals[0]["step"] == 0 else None,
         stopped_early=trainer.stopped_early_at is not None,
-        best_per_label=per_label_scores(run.best / "scores.json"))
+        best_per_label=per_label_scores(run.best / "scores.json"),
+        new_labels=lineage.new_labels if lineage else ())
     write_json_atomic(run_dir / "summary.json", summary.to_dict())
     return summary

@@ -1,0 +1,93 @@
+"""Active learning: rank unlabeled sentences by how unsure the model is of its own answer.
+
+The score. Each sentence is answered by greedy constrained decoding (as `nerft predict`
+does). The answer is then read back through the model once (teacher forcing) while the
+answer's constraint automaton walks along it: at every position where the constraint left
+the model a choice (more than one token allowed: entity or none, where an entity starts and
+ends, which label, another entity or the end), the *margin* is the log-probability of the
+token it chose minus that of the best other allowed token, both renormalised over the allowed
+tokens. A sentence's margin is the smallest over its decisions: one close call is enough to
+make an answer worth checking. Sentences are ranked by margin, smallest first
+(`uncertainty` = -margin is what `to_annotate.jsonl` records).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from nerft.data.example import Span
+from nerft.infer.constrain import AnswerConstraint
+from nerft.infer.generate import AnswerGenerator
+from nerft.infer.stopping import answer_token_budget
+from nerft.chat import encode_prompts
+from nerft.prompt import Task, parse_answer
+
+
+@dataclass
+class Scored:
+    id: str
+    text: str
+    answer: str
+    entities: list[Span]
+    margin: float  # smallest log-probability margin over the answer's decisions (inf: none)
+    decisions: int
+    where: str = ""  # the answer text up to the closest call, for a reader
+
+    @property
+    def uncertainty(self) -> float:
+        return -self.margin
+
+    def to_row(self, rank: int) -> dict:
+        """A canonical row: the model's guesses as pre-annotations, the score beside them."""
+        return {"id": self.id, "text": self.text, "entities": [e.to_dict() for e in self.entities],
+                "selection": {"rank": rank, "uncertainty": round(self.uncertainty, 6),
+                              "margin": round(self.margin, 6), "decisions": self.decisions,
+                              "closest_call_after": self.where}}
+
+
+@torch.no_grad()
+def decision_margins(model, tokenizer, task: Task, text: str, answer_ids: list[int],
+                     eot: int) -> tuple[list[float], list[int]]:
+    """(margin at each decision, answer position of each decision) of one answer."""
+    prompt = encode_prompts(tokenizer, task, [text])[0]
+    ids = prompt + answer_ids + [eot]
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+    row = AnswerConstraint(tokenizer, task, [text], [answer_token_budget(text)]).rows[0]
+    margins, where = [], []
+    for k, token in enumerate(answer_ids + [eot]):
+        allowed = row.allowed()
+        if len(allowed) > 1:
+            scores = torch.log_softmax(logits[len(prompt) - 1 + k, allowed.to(device)], -1)
+            position = int(torch.searchsorted(allowed, token))
+            if position < len(allowed) and int(allowed[position]) == token:
+                chosen = scores[position]
+                others = torch.cat([scores[:position], scores[position + 1:]])
+                margins.append(float(chosen - others.max()))
+                where.append(k)
+        row.advance(token)
+    return margins, where
+
+
+def rank_uncertain(model, tokenizer, task: Task, rows: list[tuple[str, str]], *,
+                   batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[Scored]:
+    """Every (id, text) row scored, most uncertain first (ties keep input order)."""
+    generator = AnswerGenerator(model, tokenizer, task)
+    texts = [t for _, t in rows]
+    answer_ids = generator.generate_ids(texts, batch_size=batch_size, constrained=True)
+    scored = []
+    for (rid, text), ids in zip(rows, answer_ids):
+        margins, where = decision_margins(model, tokenizer, task, text, ids, generator.eot)
+        answer = tokenizer.decode(ids, skip_special_tokens=True)
+        low = min(range(len(margins)), key=margins.__getitem__) if margins else None
+        scored.append(Scored(
+            rid, text, answer, parse_answer(answer, text, task.labels).spans,
+            margins[low] if low is not None else math.inf, len(margins),
+            tokenizer.decode(ids[:where[low]], skip_special_tokens=True) if low is not None else ""))
+        if progress is not None:
+            progress(1)
+    return sorted(scored, key=lambda s: s.margin)

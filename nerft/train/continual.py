@@ -1,0 +1,152 @@
+"""`init_from`: continue training from a finished run on new data, with replay of its own rows.
+
+The child starts from the parent's weights: a LoRA/DoRA parent's adapter is loaded back as
+trainable (the same adapter keeps learning, so the child's adapter applies to the same base
+model), a full fine-tuning parent's saved model is the child's starting model. A share of the
+parent's own training rows (data.replay_share of the mixed set, drawn with the seed) is mixed
+into the new data so that what the parent learned is rehearsed, not overwritten.
+
+Labels: the parent's labels first, in its order (so with no new label the instruction is the
+parent's, token for token), then labels of the new data it never saw.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nerft.config import Config
+from nerft.data.example import Example, read_examples
+from nerft.run_dir import RunDir, RunDirError
+
+ADAPTER_KINDS = ("lora", "dora")
+
+
+class ContinueError(Exception):
+    """An init_from that cannot work as asked: one line (exit code 2)."""
+
+
+@dataclass
+class Lineage:
+    parent: RunDir
+    labels: tuple[str, ...]  # the union, parent's first
+    new_labels: tuple[str, ...]
+    replay: list[Example] = field(default_factory=list)
+    replay_share: float = 0.0
+    parent_kind: str = "lora"
+    source: str = ""  # what the child loads: the parent's base model, or its full weights
+    tokenizer_folder: Path | None = None
+    info: dict = field(default_factory=dict)  # run.json's `init_from` record
+
+    def record(self, new_rows: int) -> dict:
+        """What run.json keeps under `init_from`."""
+        info = self.parent.info()
+        return {"run": str(self.parent.path.resolve()), "parent_kind": self.parent_kind,
+                "parent_weights": str(self.parent.weights().resolve()),
+                "parent_data_dir": info.get("data_dir"),
+                "parent_data_sha256": info.get("data_sha256"),
+                "replay_share": self.replay_share, "replay_rows": len(self.replay),
+                "new_rows": new_rows, "replay_ids": [ex.id for ex in self.replay],
+                "new_labels": list(self.new_labels)}
+
+
+def start(config: Config, new_rows: list[Example], data_labels: tuple[str, ...],
+          console) -> Lineage | None:
+    """The plan for an init_from run (None without one), announced on `console`."""
+    parent = open_parent(config)
+    if parent is None:
+        return None
+    lineage = plan(parent, config, new_rows, data_labels)
+    lineage.source, lineage.tokenizer_folder = starting_source(lineage, config)
+    lineage.info = lineage.record(len(new_rows))
+    new = f"; labels it never saw: {', '.join(lineage.new_labels)}" if lineage.new_labels else ""
+    console.print(f"init_from {parent.path} ({lineage.parent_kind} on {config.model.source}): "
+                  f"{len(lineage.replay):,} of its training rows replayed with {len(new_rows):,} "
+                  f"new ones{new}", highlight=False, soft_wrap=True)
+    return lineage
+
+
+def open_parent(config: Config) -> RunDir | None:
+    if config.init_from is None:
+        return None
+    try:
+        parent = RunDir.open(config.init_from)
+        parent.weights()
+    except RunDirError as e:
+        raise ContinueError(f"init_from: {e}") from None
+    if Path(config.init_from).resolve() == Path(config.training.output_dir).resolve():
+        raise ContinueError("init_from names the run's own training.output_dir; choose a new one")
+    return parent
+
+
+def replay_rows(parent_rows: list[Example], new_count: int, share: float, seed: int) -> list[Example]:
+    """`share` of the mixed training set drawn from `parent_rows`: round(new * share / (1 -
+    share)) rows (at most all of them), sampled with `seed` and kept in file order."""
+    if share <= 0 or not parent_rows:
+        return []
+    wanted = min(len(parent_rows), round(new_count * share / (1 - share)))
+    picked = sorted(random.Random(seed).sample(range(len(parent_rows)), wanted))
+    return [parent_rows[i] for i in picked]
+
+
+def plan(parent: RunDir, config: Config, new_rows: list[Example],
+         data_labels: tuple[str, ...]) -> Lineage:
+    """Labels (union), the replayed rows, and what the parent was trained with."""
+    try:
+        parent_labels = parent.labels()
+        kind = parent.method_kind()
+        share = config.data.replay_share
+        replay = []
+        if share > 0:
+            path, limit = parent.training_rows_file()
+            replay = replay_rows(list(read_examples(path))[:limit], len(new_rows), share,
+                                 config.training.seed)
+    except RunDirError as e:
+        raise ContinueError(f"init_from: {e}") from None
+    new_labels = tuple(lb for lb in data_labels if lb not in parent_labels)
+    return Lineage(parent, parent_labels + new_labels, new_labels, replay, share, kind)
+
+
+def starting_source(lineage: Lineage, config: Config) -> tuple[str, Path | None]:
+    """(model source to load, tokenizer folder or None) for the child, and the child's
+    model.source set to the parent's base (an adapter only fits the model it was trained on)."""
+    from nerft.model import resolve_model
+
+    parent_model = lineage.parent.model_config()
+    config.model.source = parent_model.source  # recorded in the child's config.yaml
+    child_kind = config.method.kind
+    if lineage.parent_kind in ADAPTER_KINDS:
+        if child_kind in ADAPTER_KINDS and child_kind != lineage.parent_kind:
+            raise ContinueError(f"init_from: the parent trained a {lineage.parent_kind} adapter; "
+                                f"set method.kind={lineage.parent_kind} (or full/freeze to merge it)")
+        return parent_model.source, None
+    if child_kind in ADAPTER_KINDS:
+        raise ContinueError(f"init_from: the parent is a {lineage.parent_kind} fine-tuned model; "
+                            "continue it with method.kind=full or freeze")
+    weights = lineage.parent.weights()
+    return str(weights), resolve_model(parent_model.source,
+                                       trust_remote_code=config.model.trust_remote_code)
+
+
+def continue_model(lineage: Lineage, model, config: Config):
+    """The loaded base prepared for training from the parent's weights: (model, report)."""
+    from nerft.train.method import TrainableReport, apply_method
+
+    if lineage.parent_kind not in ADAPTER_KINDS:  # the parent's full model was loaded as base
+        return apply_method(model, config.method)
+    from peft import PeftModel
+
+    weights = lineage.parent.weights()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if config.method.kind in ADAPTER_KINDS:
+            # The parent's adapter keeps its own shape (r, targets): the child's method
+            # settings other than kind do not apply.
+            model = PeftModel.from_pretrained(model, weights, is_trainable=True)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in model.parameters())
+            return model, TrainableReport(trainable, total)
+        merged = PeftModel.from_pretrained(model, weights).merge_and_unload()
+    return apply_method(merged, config.method)
