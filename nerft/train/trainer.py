@@ -113,11 +113,17 @@ class NerTrainer(Trainer):
                 self.stopped_early_at = state.global_step  # read by the run summary
 
     def _save_best(self, metrics: dict) -> None:
-        if self.args.process_index != 0:
-            return
+        # Every rank calls this (they share the scores): under ZeRO-3 / FSDP `save_model` gathers
+        # the sharded weights collectively; rank 0 alone writes and swaps the folder.
+        main = self.args.process_index == 0
         run = RunDir(self.run_dir)
-        shutil.rmtree(run.best_staging, ignore_errors=True)
-        self.accelerator.unwrap_model(self.model).save_pretrained(run.best_staging)
+        if main:
+            shutil.rmtree(run.best_staging, ignore_errors=True)
+        ranks.barrier()
+        self.save_model(str(run.best_staging))
+        if not main:
+            return
+        (run.best_staging / "training_args.bin").unlink(missing_ok=True)  # not part of an adapter
         # scores.json last: a staging folder that has it is complete (see `recover_folder`).
         write_json_atomic(run.best_staging / "scores.json", {"step": self.state.global_step, **metrics})
         replace_folder(run.best, run.best_staging, run.best_old)

@@ -242,6 +242,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     ranks.barrier()
     trainer.save_model(str(staging))  # every rank: ZeRO-3 / FSDP gather the weights; rank 0 writes
     if main:
+        (staging / "training_args.bin").unlink(missing_ok=True)  # not part of an adapter
         replace_folder(run.final, staging, run_dir / ".final.old")
         write_json_atomic(run_dir / "summary.json", summary.to_dict())
     ranks.barrier()  # no rank returns before the run directory is complete
