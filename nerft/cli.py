@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -98,6 +101,8 @@ def train_cmd(
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Run the Python code the model ships (its auto_map). "
         "Never read from a config file: only this flag allows it."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes on this machine "
+                              "(runs torchrun for you; one per GPU, or N CPU processes)."),
 ):
     """Fine-tune a model on prepared data; KEY=VALUE arguments override the config.
 
@@ -109,6 +114,7 @@ def train_cmd(
       nerft train configs/demo-cpu.yaml --resume        # after a crash or kill
       nerft train configs/demo-cpu.yaml init_from=runs/demo-cpu data.dir=data/new \\
             training.output_dir=runs/demo-cpu-2          # continue on new data, 30% replay
+      nerft train configs/demo-cpu.yaml --nproc 2       # = torchrun --nproc_per_node 2 -m nerft train ...
     """
     from nerft.config import ConfigError, load_config
     from nerft.model import ModelSourceError
@@ -123,6 +129,15 @@ def train_cmd(
             fail(f"unexpected argument {item!r}; overrides look like training.lr=2e-4")
     if resume and overwrite:
         fail("--resume continues a run and --overwrite starts it afresh: pass one of them")
+    if nproc > 1:
+        if os.environ.get("WORLD_SIZE"):
+            fail("--nproc starts its own processes: leave it out under torchrun or accelerate launch")
+        flags = [f for f, on in (("--resume", resume), ("--overwrite", overwrite),
+                                 ("--trust-remote-code", trust_remote_code)) if on]
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                  f"--nproc_per_node={nproc}", "-m", "nerft", "train", str(config), *flags, *overrides]
+        raise typer.Exit(subprocess.run(launch).returncode)
+    not_rank0 = os.environ.get("RANK", "0") != "0"  # torchrun / accelerate: rank 0 reports for all
     try:
         cfg = load_config(config, overrides)
         if cfg.model.trust_remote_code and not trust_remote_code:
@@ -134,10 +149,16 @@ def train_cmd(
                       "(--trust-remote-code)", highlight=False)
         summary = train(cfg, resume=resume, overwrite=overwrite)
     except AlreadyFinished as e:
+        if not_rank0:
+            return
         Console().print(str(e), highlight=False, soft_wrap=True)
         return
     except (ConfigError, TrainError, RunStateError, RunDirError, ModelSourceError, ContinueError) as e:
+        if not_rank0:
+            raise typer.Exit(2) from None
         fail(str(e))
+    if not_rank0:
+        return
     out = Console()
     if summary.new_labels:
         out.print(f"labels new in this run (its parent never saw them): {', '.join(summary.new_labels)}")

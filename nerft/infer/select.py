@@ -81,7 +81,7 @@ def rank_uncertain(model, tokenizer, task: Task, rows: list[tuple[str, str]], *,
     answer_ids = generator.generate_ids(texts, batch_size=batch_size, constrained=True)
     scored = []
     for (rid, text), ids in zip(rows, answer_ids):
-        margins, where = decision_margins(model, tokenizer, task, text, ids, generator.eot)
+        margins, where = decision_margins(model, tokenizer, task, text, ids, generator.decoder.eot)
         answer = tokenizer.decode(ids, skip_special_tokens=True)
         low = min(range(len(margins)), key=margins.__getitem__) if margins else None
         scored.append(Scored(

@@ -22,7 +22,9 @@ from nerft.run_dir import RunDir
 from nerft.errors import NerftError
 
 # What the Trainer needs to continue exactly where it stopped.
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+# One process writes rng_state.pth; N processes write rng_state_0.pth ... rng_state_{N-1}.pth.
+RNG_FILES = ("rng_state.pth", "rng_state_0.pth")
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 # Settings a resume may change: they do not change what is computed.
 RESUME_MAY_CHANGE = ("training.num_threads", "eval.batch_size", "tracking.swanlab",
@@ -68,6 +70,8 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def checkpoint_problems(folder: Path) -> list[str]:
     """What makes a checkpoint unusable for an exact resume ([] when none)."""
     problems = [f"no {name}" for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in RNG_FILES):
+        problems.append("no rng_state.pth")
     weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
     if weights is None:
         problems.append("no weights (adapter_model.safetensors or model.safetensors)")

@@ -16,6 +16,7 @@ from nerft.infer.generate import AnswerGenerator, DecodeOptions
 from nerft.infer.predict import predict_rows
 from nerft.prompt import Task
 from nerft.train.collate import answer_only_loss
+from nerft.train import ranks
 from nerft.run_dir import RunDir, append_metrics, replace_folder, write_json_atomic
 
 
@@ -88,12 +89,18 @@ class NerTrainer(Trainer):
                                       metric_key_prefix=metric_key_prefix)
         metrics = dict(output.metrics)
         if self.validation is not None:
-            scores = self.validation(self.model)
+            # Decoded once, on rank 0 (the others wait); every rank receives the same scores, so
+            # keeping the best and stopping early are decided the same everywhere.
+            scores = None
+            if self.args.process_index == 0:
+                scores = self.validation(self.accelerator.unwrap_model(self.model))
+            scores = ranks.share(scores)
             metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
             self._keep_best(metrics[f"{metric_key_prefix}_f1"], metrics)
-            for row in self.validation.last_predictions:  # readable without any tracker
-                append_metrics(self.run_dir / "val_predictions.jsonl",
-                               {"step": self.state.global_step, **row})
+            if self.args.process_index == 0:
+                for row in self.validation.last_predictions:  # readable without any tracker
+                    append_metrics(self.run_dir / "val_predictions.jsonl",
+                                   {"step": self.state.global_step, **row})
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -112,9 +119,17 @@ class NerTrainer(Trainer):
                 self.stopped_early_at = state.global_step  # read by the run summary
 
     def _save_best(self, metrics: dict) -> None:
+        # Every rank calls this (they share the scores): under ZeRO-3 / FSDP `save_model` gathers
+        # the sharded weights collectively; rank 0 alone writes and swaps the folder.
+        main = self.args.process_index == 0
         run = RunDir(self.run_dir)
-        shutil.rmtree(run.best_staging, ignore_errors=True)
-        self.model.save_pretrained(run.best_staging)
+        if main:
+            shutil.rmtree(run.best_staging, ignore_errors=True)
+        ranks.barrier()
+        self.save_model(str(run.best_staging))
+        if not main:
+            return
+        (run.best_staging / "training_args.bin").unlink(missing_ok=True)  # not part of an adapter
         # scores.json last: a staging folder that has it is complete (see `recover_folder`).
         write_json_atomic(run.best_staging / "scores.json", {"step": self.state.global_step, **metrics})
         replace_folder(run.best, run.best_staging, run.best_old)
@@ -122,13 +137,21 @@ class NerTrainer(Trainer):
     # A checkpoint is written into a staging folder and renamed into place, so `--resume` after
     # a kill never finds half a checkpoint.
     def _save_checkpoint(self, model, trial):
+        # Every rank takes part (each writes its rng_state_N.pth; ZeRO / FSDP save shards);
+        # rank 0 alone prepares the staging folder, moves it into place and rotates.
+        main = self.args.process_index == 0
         self._staging = Path(self.args.output_dir) / ".staging"
-        shutil.rmtree(self._staging, ignore_errors=True)
-        self._staging.mkdir(parents=True)
+        if main:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging.mkdir(parents=True)
+        ranks.barrier()
         try:
             super()._save_checkpoint(model, trial)
         finally:
             staging, self._staging = self._staging, None
+        ranks.barrier()
+        if not main:
+            return
         for folder in staging.iterdir():
             target = Path(self.args.output_dir) / folder.name
             if target.exists():  # set aside by a resume that went back past it (see resume.py)

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +22,11 @@ from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
 from nerft.train.collate import PackedCollator
 from nerft.train.encode import encode_examples
 from nerft.train.method import apply_method
-from nerft.run_dir import RunDir, init_run_dir, replace_folder, trim_metrics, write_json_atomic
+from nerft.run_dir import RunDir, RunDirError, init_run_dir, replace_folder, trim_metrics, write_json_atomic
+from nerft.train import ranks
+from nerft.train.resume import (AlreadyFinished, RunStateError, check_resume_config, clear_run,
+                                run_lock, run_outputs, usable_checkpoint)
 from nerft.train.sampling import cap_empty_share
-from nerft.train.resume import (AlreadyFinished, check_resume_config, clear_run, run_lock,
-                                run_outputs, usable_checkpoint)
 from nerft.train.trainer import NerTrainer, Validation
 from nerft.errors import NerftError
 
@@ -87,9 +89,27 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
     `resume` and `overwrite` do with a run directory that already holds something."""
     console = console or Console(stderr=True)
     run = RunDir(Path(config.training.output_dir))
-    with run_lock(run):
-        last, changes = _starting_point(run, config, resume=resume, overwrite=overwrite,
-                                        console=console)
+    ranks.start()
+    if ranks.world_size() == 1:
+        with run_lock(run):
+            last, changes = _starting_point(run, config, resume=resume, overwrite=overwrite,
+                                            console=console)
+            return _train(config, run, last, changes, console)
+    # Several processes: rank 0 alone takes the lock and reads or clears the run directory; the
+    # others receive its decision (or its error, so that every rank stops with the same message).
+    with ExitStack() as stack:
+        decision = None
+        if ranks.is_main():
+            try:
+                stack.enter_context(run_lock(run))
+                decision = _starting_point(run, config, resume=resume, overwrite=overwrite,
+                                           console=console)
+            except (TrainError, AlreadyFinished, RunStateError, RunDirError) as e:
+                decision = e
+        decision = ranks.share(decision)
+        if isinstance(decision, Exception):
+            raise decision
+        last, changes = decision
         return _train(config, run, last, changes, console)
 
 
@@ -151,12 +171,16 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     except ValueError as e:
         raise TrainError(f"{config.data.dir}: {e}") from e
     # The model first: a mistyped source must not leave a run directory behind.
+    main = ranks.is_main()
+    if not main:
+        console = Console(stderr=True, quiet=True)  # one process speaks
     model, tokenizer = load_model_and_tokenizer(
         lineage.source if lineage else config.model.source, dtype=config.model.dtype,
         trust_remote_code=config.model.trust_remote_code,
         tokenizer_folder=lineage.tokenizer_folder if lineage else None)
-    init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
-                 resume_changes=resume_changes, lineage=lineage.info if lineage else None)
+    if main:
+        init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
+                     resume_changes=resume_changes, lineage=lineage.info if lineage else None)
     model.set_attn_implementation(config.model.attn_implementation)
     model.config.use_cache = False  # training never reuses a cache; generation passes its own
     model, report = (continual.continue_model(lineage, model, config) if lineage
@@ -172,7 +196,8 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
 
     on_cuda = torch.cuda.is_available()
     dtype = next(model.parameters()).dtype
-    samples_per_step = t.batch_size * t.grad_accum
+    # The effective batch: every process takes `batch_size` rows per micro-step.
+    samples_per_step = t.batch_size * t.grad_accum * ranks.world_size()
     steps_per_epoch = math.ceil(len(train_enc) / samples_per_step)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     args = TrainingArguments(
@@ -193,6 +218,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         train_sampling_strategy="group_by_length" if t.packing == "none" else "random",
         remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        ddp_backend="gloo" if ranks.world_size() > 1 and not on_cuda else None,
     )
     mask_dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
     collator = PackedCollator(t.packing, pad_id=tokenizer.pad_token_id or 0, mask_dtype=mask_dtype)
@@ -200,12 +226,14 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
                             log_predictions=config.eval.log_predictions,
                             constrained=config.eval.constrained)
     callbacks = [MetricsFile(run_dir / "metrics.jsonl", samples_per_step), RichProgress(samples_per_step, console)]
-    if config.tracking.swanlab != "off":
+    if not main:
+        callbacks = []  # rank 0 alone records metrics and trackers
+    if config.tracking.swanlab != "off" and main:
         callbacks.append(SwanLabTracker(
             config.tracking.swanlab, config.tracking.project,
             config.tracking.experiment or run_dir.name, config.model_dump(mode="json"),
             run_dir / "swanlog", validation))
-    if config.tracking.tensorboard:
+    if config.tracking.tensorboard and main:
         from transformers.integrations import TensorBoardCallback
         from transformers.integrations.integration_utils import is_tensorboard_available
 
@@ -231,22 +259,28 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     trainer.remove_callback(ProgressCallback)
     if resume:
         step = int(Path(last).name.split("-")[-1])
-        trim_metrics(run.metrics, step)
-        trim_metrics(run.val_predictions, step)
+        if main:
+            trim_metrics(run.metrics, step)
+            trim_metrics(run.val_predictions, step)
         console.print(f"resuming from {last}", highlight=False, soft_wrap=True)
     trainer.train(resume_from_checkpoint=last if resume else None)
 
-    staging = run_dir / ".final.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(staging)
-    replace_folder(run.final, staging, run_dir / ".final.old")
     state = trainer.state
     evals = [h for h in state.log_history if "eval_f1" in h]
     summary = RunSummary(
         run_dir=run_dir, steps=state.global_step, best_step=state.best_global_step,
         best_f1=state.best_metric, initial_f1=evals[0]["eval_f1"] if evals and evals[0]["step"] == 0 else None,
         stopped_early=trainer.stopped_early_at is not None,
-        best_per_label=per_label_scores(run.best / "scores.json"),
         new_labels=lineage.new_labels if lineage else ())
-    write_json_atomic(run_dir / "summary.json", summary.to_dict())
+    staging = run_dir / ".final.tmp"
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    ranks.barrier()
+    trainer.save_model(str(staging))  # every rank: ZeRO-3 / FSDP gather the weights; rank 0 writes
+    if main:
+        (staging / "training_args.bin").unlink(missing_ok=True)  # not part of an adapter
+        replace_folder(run.final, staging, run_dir / ".final.old")
+        summary.best_per_label = per_label_scores(run.best / "scores.json")
+        write_json_atomic(run_dir / "summary.json", summary.to_dict())
+    ranks.barrier()  # no rank returns before the run directory is complete
     return summary
