@@ -17,6 +17,7 @@ mentions are distinct places in the sentence) is never touched.
 from __future__ import annotations
 
 import json
+import weakref
 from collections import Counter
 
 from nerft.prompt import LABEL_KEY, TEXT_KEY
@@ -37,6 +38,18 @@ def _occurrences(sentence: str, text: str) -> int:
     return count
 
 
+_NEWLINE_TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _holds_newline(tokenizer, token: int) -> bool:
+    """Whether a token's text holds a newline, memoised per tokenizer (called every step)."""
+    known = _NEWLINE_TOKENS.setdefault(tokenizer, {})
+    found = known.get(token)
+    if found is None:
+        found = known[token] = "\n" in tokenizer.decode([token])
+    return found
+
+
 class RepeatedLineGuard:
     """Watches one row's answer and says where to cut it when a line repeats too often."""
 
@@ -51,9 +64,9 @@ class RepeatedLineGuard:
         end here, or None to go on.
 
         Only tokens that hold a newline close a line, so most steps decode one token."""
-        newest = self.tokenizer.decode(tokens[-1:])
-        if "\n" not in newest:
+        if not _holds_newline(self.tokenizer, tokens[-1]):
             return None
+        newest = self.tokenizer.decode(tokens[-1:])
         pending = self.tokenizer.decode(tokens[self.line_start:])[self.skip:]
         for line in pending.split("\n")[:-1]:
             line = line.strip()
