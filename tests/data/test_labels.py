@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import RESUME, RESUME_MAP, WEIBO, WEIBO_MAP, ccfbdci_line, read_jsonl, stats_of
+from corpus_fixtures import RESUME, RESUME_MAP, WEIBO, WEIBO_MAP, ccfbdci_line, read_jsonl, stats_of
 from nerft.data.labels import LabelMapError, parse_label_map
 from nerft.data.prepare import prepare
 

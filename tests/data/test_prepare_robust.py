@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import RESUME, WEIBO, ccfbdci_line, conll_text, read_jsonl, stats_of
+from corpus_fixtures import RESUME, WEIBO, ccfbdci_line, conll_text, read_jsonl, stats_of
 from nerft.data.output import OUTPUT_FILES
 from nerft.data.prepare import prepare, write_prepared
 
