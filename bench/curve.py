@@ -1,0 +1,238 @@
+"""Learning curve: test F1 of a recipe after N training sentences, per corpus.
+
+    python -m bench.curve                                    # 4 corpora x 160/640/2560 (hours on CPU)
+    python -m bench.curve --corpus msra-sparse cluener-rare --sizes 160 --test 100
+    python -m bench.curve --corpus ccfbdci --sizes 160 640 --name curve-ccfbdci
+
+For each corpus: `nerft data prepare` on its files from $NERFT_DATA (into --work, never into the
+repository), a fixed test slice (the first --test rows of test.jsonl after a seeded shuffle), the untrained model's
+strict micro F1 on it (size 0: zero-shot), then for each size one `nerft train` with the recipe
+(--config, default configs/demo-cpu.yaml; data.train_limit=SIZE, one epoch) and the F1 of its
+best/ adapter on the same slice. Writes bench/results/<name>.json, .md and .png (F1 against
+training sentences, one line per corpus) and prints the table.
+
+Sparse corpora (most sentences without any entity, as on social media) are built from the shared
+ones, because no such corpus is in $NERFT_DATA:
+- msra-sparse: MSRA with sentences that hold entities left out at random (seeded) until 75%
+  of every split has none (the corpus itself has 41%);
+- cluener-rare: CLUENER keeping only its three rarest labels (book, movie, scene); the other
+  labels are dropped (`--label-map X=-`: their entities leave the row, the row stays), so most
+  sentences hold none of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("NERFT_DATA", REPO.parent / "shared" / "data"))
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    files: tuple[str, ...]  # relative to $NERFT_DATA
+    label_map: dict[str, str] = field(default_factory=dict)
+    entity_free_share: float | None = None  # raise every split's share of sentences without entities
+    published: str = ""  # full-data figure from the literature, for the report
+
+
+CLUENER_KEEP = ("book", "movie", "scene")
+CLUENER_LABELS = ("address", "book", "company", "game", "government", "movie", "name",
+                  "organization", "position", "scene")
+
+CORPORA = {c.name: c for c in (
+    Corpus("ccfbdci", ("ccfbdci/ccfbdci.jsonl",),
+           published="no widely cited full-data figure"),
+    Corpus("cluener", ("CLUENER2020/cluener_public/train.json", "CLUENER2020/cluener_public/dev.json"),
+           published="BERT-base 0.79, RoBERTa-wwm-large 0.80 (CLUENER2020 paper, dev set)"),
+    Corpus("msra", ("MSRA/msra_train_bio", "MSRA/msra_test_bio"),
+           published="BERT-base ~0.95, Lattice-LSTM 0.93 (full 46k training sentences)"),
+    Corpus("peoplesdaily", ("PeoplesDaily/example.dev", "PeoplesDaily/example.test"),
+           published="BERT-base ~0.95 on People's Daily 1998 (full training set)"),
+    Corpus("msra-sparse", ("MSRA/msra_train_bio", "MSRA/msra_test_bio"), entity_free_share=0.75),
+    Corpus("cluener-rare", ("CLUENER2020/cluener_public/train.json", "CLUENER2020/cluener_public/dev.json"),
+           label_map={lb: "-" for lb in CLUENER_LABELS if lb not in CLUENER_KEEP}),
+)}
+
+
+def prepare_corpus(corpus: Corpus, out: Path, *, max_rows: int, seed: int = 42) -> Path:
+    """A prepared folder for `corpus` under `out` (reused when present)."""
+    from nerft.data.example import read_examples, write_jsonl
+    from nerft.data.prepare import prepare, write_prepared
+
+    folder = out / corpus.name
+    if (folder / "stats.json").is_file():
+        return folder
+    prep = prepare([data_root() / f for f in corpus.files], user_label_map=corpus.label_map or None)
+    write_prepared(prep, folder, ratios=(0.7, 0.15, 0.15), seed=seed)
+    rng = random.Random(seed)
+    for split in ("train", "val", "test"):
+        path = folder / f"{split}.jsonl"
+        rows = list(read_examples(path))
+        # Files that run article by article (MSRA, People's Daily) cluster similar sentences:
+        # a seeded shuffle makes every prefix (train_limit, the test slice) a fair sample.
+        rng.shuffle(rows)
+        if corpus.entity_free_share is not None:
+            rows = _with_entity_free_share(rows, corpus.entity_free_share, rng)
+        write_jsonl(path, (ex.to_dict() for ex in rows[:max_rows]))
+    return folder
+
+
+def _with_entity_free_share(rows, share: float, rng: random.Random) -> list:
+    """Leave out sentences with entities (seeded) until `share` of the rows have none; order kept."""
+    free = sum(1 for ex in rows if not ex.entities)
+    keep_with = int(free * (1 - share) / share)
+    with_idx = [i for i, ex in enumerate(rows) if ex.entities]
+    kept = set(rng.sample(with_idx, min(keep_with, len(with_idx))))
+    return [ex for i, ex in enumerate(rows) if not ex.entities or i in kept]
+
+
+def f1_on(model_ref: str, test, labels, batch_size: int) -> dict:
+    from nerft.eval.workflow import evaluate_model
+
+    ev = evaluate_model(model_ref, test, labels, name=model_ref, batch_size=batch_size)
+    strict = ev.result.scores["strict"].micro
+    return {"f1": round(strict.f1, 4), "precision": round(strict.precision, 4),
+            "recall": round(strict.recall, 4), "eval_seconds": round(ev.seconds, 1)}
+
+
+def run_point(corpus_dir: Path, size: int, args, work: Path) -> dict:
+    from rich.console import Console
+
+    from nerft.config import load_config
+    from nerft.train.workflow import train
+
+    run_dir = work / "runs" / f"{corpus_dir.name}-{size}"
+    overrides = [f"data.dir={json.dumps(str(corpus_dir))}", f"data.train_limit={size}",
+                 f"training.output_dir={json.dumps(str(run_dir))}", "training.epochs=1",
+                 "tracking.swanlab=off", *args.set]
+    config = load_config(args.config, overrides)
+    started = time.perf_counter()
+    summary = train(config, overwrite=True, console=Console(stderr=True, quiet=True))
+    seconds = time.perf_counter() - started
+    return {"run": str(run_dir), "steps": summary.steps, "best_step": summary.best_step,
+            "best_val_f1": summary.best_f1, "train_seconds": round(seconds, 1)}
+
+
+def main(argv=None) -> dict:
+    from bench.facts import machine_facts
+    from nerft.data.example import read_examples
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", nargs="+", default=["ccfbdci", "cluener", "msra", "peoplesdaily"],
+                   choices=sorted(CORPORA))
+    p.add_argument("--sizes", nargs="+", type=int, default=[160, 640, 2560])
+    p.add_argument("--test", type=int, default=200, help="test sentences per corpus (fixed slice)")
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "demo-cpu.yaml")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides, as on the `nerft train` command line")
+    p.add_argument("--model", default=None, help="model.source (default: the recipe's)")
+    p.add_argument("--name", default="curve")
+    p.add_argument("--work", type=Path, default=Path("/tmp/nerft-curve"))
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = p.parse_args(argv)
+    if args.model:
+        args.set = [f"model.source={args.model}", *args.set]
+
+    results = {"command": "python -m bench.curve " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_facts(),
+               "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
+               "overrides": args.set, "test_rows": args.test, "corpora": {}}
+    out_json = args.out / f"{args.name}.json"
+    for name in args.corpus:
+        corpus = CORPORA[name]
+        folder = prepare_corpus(corpus, args.work / "data", max_rows=max(max(args.sizes), args.test, 1000))
+        test = list(read_examples(folder / "test.jsonl"))[:args.test]
+        labels = tuple(json.loads((folder / "stats.json").read_text(encoding="utf-8"))["labels"])
+        base = _model_source(args, folder)
+        row = {"published": corpus.published, "test_entities": sum(len(ex.entities) for ex in test),
+               "test_entity_free": sum(1 for ex in test if not ex.entities), "points": {}}
+        results["corpora"][name] = row
+        row["points"]["0"] = f1_on(base, test, labels, batch_size=16)
+        _say(name, 0, row["points"]["0"])
+        for size in args.sizes:
+            point = run_point(folder, size, args, args.work)
+            point.update(f1_on(point["run"], test, labels, batch_size=16))
+            row["points"][str(size)] = point
+            _say(name, size, point)
+            _write(results, out_json)  # a long run keeps what it measured so far
+    _write(results, out_json)
+    return results
+
+
+def _model_source(args, folder: Path) -> str:
+    from nerft.config import load_config
+
+    return load_config(args.config, [f"data.dir={json.dumps(str(folder))}", *args.set]).model.source
+
+
+def _say(name: str, size: int, point: dict) -> None:
+    extra = f", train {point['train_seconds']} s, best step {point['best_step']}" if size else ""
+    print(f"{name:14s} {size:5d} sentences: strict F1 {point['f1']:.3f} "
+          f"(P {point['precision']:.3f} R {point['recall']:.3f}){extra}", flush=True)
+
+
+def _write(results: dict, out_json: Path) -> None:
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    out_json.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
+    plot(results, out_json.with_suffix(".png"))
+
+
+def markdown(results: dict) -> str:
+    sizes = sorted({int(s) for row in results["corpora"].values() for s in row["points"]})
+    head = "| corpus (test rows: entities / without any) | " + " | ".join(
+        "zero-shot" if s == 0 else f"{s} sentences" for s in sizes) + " | published, full data |"
+    lines = [f"`{results['command']}` ({results['date']}, recipe {results['config']} "
+             f"{' '.join(results['overrides'])}); strict micro F1 on the first {results['test_rows']} "
+             "test sentences; training minutes in brackets", "", head,
+             "|" + "---|" * (len(sizes) + 2)]
+    for name, row in results["corpora"].items():
+        cells = []
+        for s in sizes:
+            point = row["points"].get(str(s))
+            if point is None:
+                cells.append("not run")
+            elif s == 0:
+                cells.append(f"{point['f1']:.3f}")
+            else:
+                cells.append(f"{point['f1']:.3f} ({point['train_seconds'] / 60:.1f} min)")
+        lines.append(f"| {name} ({row['test_entities']} / {row['test_entity_free']}) | "
+                     + " | ".join(cells) + f" | {row['published'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, row in results["corpora"].items():
+        xs = sorted(int(s) for s in row["points"])
+        ax.plot([max(x, 10) for x in xs], [row["points"][str(x)]["f1"] for x in xs], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training sentences (zero-shot drawn at 10)")
+    ax.set_ylabel("strict micro F1 (test)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("nerft learning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""`python -m bench.curve`: the sparse corpora it builds are what it says, and one small run
+writes a table, a JSON and a plot with the zero-shot point and every trained size."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nerft.data.example import read_examples
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def curve_env(shared_data):
+    return {**os.environ, "NERFT_DATA": str(shared_data)}
+
+
+def test_sparse_corpora_have_mostly_entity_free_sentences(shared_data, tmp_path, monkeypatch):
+    from bench.curve import CLUENER_KEEP, CORPORA, prepare_corpus
+
+    monkeypatch.setenv("NERFT_DATA", str(shared_data))
+    msra = prepare_corpus(CORPORA["msra-sparse"], tmp_path, max_rows=400)
+    for split in ("train", "val", "test"):
+        rows = list(read_examples(msra / f"{split}.jsonl"))
+        free = sum(1 for ex in rows if not ex.entities) / len(rows)
+        assert len(rows) == 400 and 0.68 <= free <= 0.82, (split, free)  # 75% asked, any prefix
+    plain = prepare_corpus(CORPORA["msra"], tmp_path, max_rows=400)
+    plain_free = sum(1 for ex in read_examples(plain / "train.jsonl") if not ex.entities) / 400
+    assert plain_free < 0.55  # the corpus's own mix is far denser
+
+    rare = prepare_corpus(CORPORA["cluener-rare"], tmp_path, max_rows=400)
+    rows = list(read_examples(rare / "train.jsonl"))
+    labels = {s.label for ex in rows for s in ex.entities}
+    stats = json.loads((rare / "stats.json").read_text(encoding="utf-8"))
+    assert len(labels) == len(CLUENER_KEEP) == len(stats["labels"])  # the other seven were dropped
+    assert sum(1 for ex in rows if not ex.entities) / len(rows) > 0.6
+
+
+def test_curve_writes_every_point(tmp_path, tiny_model_dir, curve_env):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.curve", "--corpus", "cluener-rare", "--sizes", "8", "16",
+         "--test", "6", "--model", str(tiny_model_dir), "--name", "ci", "--out", str(tmp_path / "out"),
+         "--work", str(tmp_path / "work")],
+        cwd=REPO, env=curve_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "ci.json").read_text(encoding="utf-8"))
+    points = r["corpora"]["cluener-rare"]["points"]
+    assert sorted(points, key=int) == ["0", "8", "16"]
+    for size in ("8", "16"):
+        assert points[size]["steps"] >= 1 and points[size]["train_seconds"] > 0
+        assert 0.0 <= points[size]["f1"] <= 1.0
+        assert Path(points[size]["run"], "best").is_dir()  # the scored adapter is the run's best/
+    table = (tmp_path / "out" / "ci.md").read_text(encoding="utf-8")
+    assert "| cluener-rare (" in table and "16 sentences" in table and r["command"] in table
+    assert (tmp_path / "out" / "ci.png").stat().st_size > 1000
+    assert f"{points['8']['f1']:.3f}" in done.stdout
