@@ -149,21 +149,24 @@ def main(argv=None) -> dict:
                "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
                "overrides": args.set, "test_rows": args.test, "corpora": {}}
     out_json = args.out / f"{args.name}.json"
-    for name in args.corpus:
-        corpus = CORPORA[name]
+    prepared = {}
+    for name in args.corpus:  # zero-shot first, then each size over all corpora: a long run
+        corpus = CORPORA[name]  # stopped early still has every corpus at the smaller sizes
         folder = prepare_corpus(corpus, args.work / "data", max_rows=max(max(args.sizes), args.test, 1000))
         test = list(read_examples(folder / "test.jsonl"))[:args.test]
         labels = tuple(json.loads((folder / "stats.json").read_text(encoding="utf-8"))["labels"])
-        base = _model_source(args, folder)
+        prepared[name] = folder, test, labels
         row = {"published": corpus.published, "test_entities": sum(len(ex.entities) for ex in test),
                "test_entity_free": sum(1 for ex in test if not ex.entities), "points": {}}
         results["corpora"][name] = row
-        row["points"]["0"] = f1_on(base, test, labels, batch_size=16)
+        row["points"]["0"] = f1_on(_model_source(args, folder), test, labels, batch_size=16)
         _say(name, 0, row["points"]["0"])
-        for size in args.sizes:
+        _write(results, out_json)
+    for size in args.sizes:
+        for name, (folder, test, labels) in prepared.items():
             point = run_point(folder, size, args, args.work)
             point.update(f1_on(point["run"], test, labels, batch_size=16))
-            row["points"][str(size)] = point
+            results["corpora"][name]["points"][str(size)] = point
             _say(name, size, point)
             _write(results, out_json)  # a long run keeps what it measured so far
     _write(results, out_json)

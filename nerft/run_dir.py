@@ -223,7 +223,8 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[str],
-                 resume_changes: list[str] = (), lineage: dict | None = None) -> None:
+                 resume_changes: list[str] = (), lineage: dict | None = None,
+                 training_rows: dict | None = None) -> None:
     """Write config.yaml and run.json for a new run; on resume keep config.yaml as the run
     started and record in run.json which (harmless) settings this resume changed."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +243,8 @@ def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[st
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count()},
     }
+    if training_rows:
+        info["training_rows"] = training_rows  # before replay: what data.max_empty_share kept
     if lineage:
         info["init_from"] = lineage  # parent, replay share and rows, labels new in this run
     if resume and (run_dir / "run.json").is_file():

@@ -21,6 +21,10 @@ class EmptyShare:
     empty_before: int
     empty_kept: int
 
+    def to_dict(self) -> dict:
+        return {"with_entities": self.with_entities, "entity_free_read": self.empty_before,
+                "entity_free_kept": self.empty_kept}
+
     def describe(self) -> str:
         total = self.with_entities + self.empty_kept
         share = self.empty_kept / total if total else 0.0

@@ -156,8 +156,8 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     set_seed(t.seed)
 
     train_rows = list(read_examples(config.data.dir / "train.jsonl"))[:config.data.train_limit]
-    if config.data.max_empty_share is not None:
-        train_rows, sampled = cap_empty_share(train_rows, config.data.max_empty_share, t.seed)
+    train_rows, sampled = cap_empty_share(train_rows, config.data.max_empty_share, t.seed)
+    if sampled.empty_kept < sampled.empty_before:
         console.print(sampled.describe(), highlight=False)
     val_rows = list(read_examples(config.data.dir / "val.jsonl"))
     if not train_rows or not val_rows:
@@ -180,7 +180,8 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         tokenizer_folder=lineage.tokenizer_folder if lineage else None)
     if main:
         init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
-                     resume_changes=resume_changes, lineage=lineage.info if lineage else None)
+                     resume_changes=resume_changes, lineage=lineage.info if lineage else None,
+                     training_rows=sampled.to_dict())
     model.set_attn_implementation(config.model.attn_implementation)
     model.config.use_cache = False  # training never reuses a cache; generation passes its own
     model, report = (continual.continue_model(lineage, model, config) if lineage

@@ -29,3 +29,8 @@ def test_tiny_model_memorises_its_training_entities(learned_run):
     labels = json.loads((data / "stats.json").read_text())["labels"]
     assert run_info["labels"] == labels and set(run_info["data_sha256"]) == {"train.jsonl", "val.jsonl", "test.jsonl"}
     assert run_info["versions"]["torch"] and "seed" in run_info
+    # What the run trained on, before and after down-sampling entity-free rows, adds up.
+    counts, train = run_info["training_rows"], list(read_examples(data / "train.jsonl"))
+    assert counts["with_entities"] == sum(1 for ex in train if ex.entities)
+    assert counts["entity_free_read"] == sum(1 for ex in train if not ex.entities)
+    assert counts["entity_free_kept"] <= counts["entity_free_read"]
