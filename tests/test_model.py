@@ -226,7 +226,7 @@ def test_hub_model_already_in_the_hf_cache_needs_no_network(tiny, tmp_path, monk
 
 def test_cli_error_is_one_line_exit_2_no_traceback():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "nerft.model_cli", "fetch", "Qwen/Qwen2-0.5B"],
+    done = subprocess.run([sys.executable, "-m", "nerft", "model", "fetch", "Qwen/Qwen2-0.5B"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
     assert done.stdout == ""
@@ -235,7 +235,7 @@ def test_cli_error_is_one_line_exit_2_no_traceback():
 
 
 def test_cli_prints_the_folder_of_a_local_model(tiny):
-    done = subprocess.run([sys.executable, "-m", "nerft.model_cli", "fetch", str(tiny)],
+    done = subprocess.run([sys.executable, "-m", "nerft", "model", "fetch", str(tiny)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == str(tiny)
 

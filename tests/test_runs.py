@@ -9,7 +9,7 @@ from nerft.config import Config
 from nerft.data.example import write_jsonl
 from nerft.run_dir import init_run_dir, write_json_atomic
 from nerft.runs import list_runs
-from nerft.runs_cli import runs
+from nerft.cli.runs import runs
 
 
 def _data(folder):

@@ -7,7 +7,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from nerft.compare_cli import compare
+from nerft.cli.compare import compare
 from nerft.data.example import Example, Span
 from nerft.eval.compare import compare_predictions, gate, paired_bootstrap, sentence_counts
 

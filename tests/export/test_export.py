@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from nerft.export import ExportError
 from nerft.export.parity import check_parity, reference_outputs
-from nerft.export_cli import export
+from nerft.cli.export import export
 from nerft.infer.predict import load_for_inference, predict
 from nerft.prompt import Task
 

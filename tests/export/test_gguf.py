@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nerft.export.grammar import answer_grammar
 from nerft.export.gguf import modelfile
-from nerft.export_cli import export
+from nerft.cli.export import export
 from nerft.prompt import Task, format_answer
 from nerft.data.example import Span
 from nerft.chat import render_prompt

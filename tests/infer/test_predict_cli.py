@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nerft.infer.predict import load_for_inference
-from nerft.infer_cli import predict
+from nerft.cli.predict import predict
 
 LABELS = ["地点", "人名", "地理实体", "组织"]
 SENTENCE = "国会外有大约200名警察驻守，防止抗议人群闯入国会。"

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from nerft.data.example import read_examples
 from nerft.infer.predict import load_for_inference
 from nerft.infer.select import rank_uncertain
-from nerft.select_cli import select
+from nerft.cli.select import select
 
 # Hand-written sentences the learned run never saw: it has to guess.
 UNSEEN = ["小王明天要去哈尔滨出差。", "那家公司在苏州开了工厂。", "老李和老张在公园下棋。",

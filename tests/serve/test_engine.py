@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from nerft.export.workflow import export_run
 from nerft.infer.predict import InferenceError, load_for_inference
 from nerft.serve.engine import load_served, sentence_decoder
-from nerft.serve_cli import serve
+from nerft.cli.serve import serve
 
 TEXTS = ["张三在北京大学读书。", "😀 李四昨天去了上海。"]
 

@@ -34,7 +34,7 @@ def export(
     """
     from rich.markup import escape
 
-    from nerft.cli_common import fail
+    from nerft.cli.common import fail
     from nerft.export import ExportError
     from nerft.export.workflow import export_run
     from nerft.model import ModelSourceError

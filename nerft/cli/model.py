@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import typer
 
@@ -56,11 +55,3 @@ def fetch(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(str(folder))
-
-
-def main() -> None:
-    app(prog_name="nerft model")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -46,7 +46,7 @@ def predict(
       nerft predict runs/ccfbdci --input data/ccfbdci/test.jsonl --output preds.jsonl
       nerft predict demo "李白出生于碎叶城。" --labels 人名,地点 --no-constrain
     """
-    from nerft.cli_common import fail
+    from nerft.cli.common import fail
     from nerft.data.example import write_jsonl
     from nerft.infer.predict import InferenceError, load_for_inference, predict as run_predict
     from nerft.infer.predict import read_sentences

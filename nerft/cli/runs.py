@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nerft.cli_common import fail
+from nerft.cli.common import fail
 
 
 def runs(

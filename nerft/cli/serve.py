@@ -43,7 +43,7 @@ def serve(
     """
     from rich.markup import escape
 
-    from nerft.cli_common import fail
+    from nerft.cli.common import fail
 
     if backend not in ("hf", "vllm"):
         fail(f"--backend {backend!r}: choose hf or vllm")

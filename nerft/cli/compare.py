@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from nerft.cli_common import err, fail
+from nerft.cli.common import err, fail
 
 
 def compare(
