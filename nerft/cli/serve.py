@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -32,6 +33,14 @@ def serve(
     backend: str = typer.Option("hf", "--backend", help="hf (transformers, CPU or GPU) or vllm "
                                 "(GPU; needs `pip install 'nerft[vllm]'` and CUDA)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    log_requests: Optional[Path] = typer.Option(
+        None, "--log-requests", metavar="FILE.jsonl", help="Opt-in: append every /v1/ner request "
+        "and its answer (sentences, entities, request id, model, time) to this file."),
+    feedback: Optional[Path] = typer.Option(
+        None, "--feedback", metavar="FILE.jsonl", help="Opt-in: accept POST /v1/feedback and "
+        "append the corrections here, as rows `nerft data prepare` reads."),
+    log_max_mb: float = typer.Option(100, "--log-max-mb", min=0.001, help="Cap of each log file; "
+                                     "at the cap logging stops (said once), serving goes on."),
 ):
     """Serve a model: POST /v1/ner, POST /v1/chat/completions, GET / (web page), /metrics, /docs.
 
@@ -39,6 +48,7 @@ def serve(
     Examples:
       nerft serve runs/demo-cpu
       nerft serve exports/demo-merged --port 9000 --api-key "$KEY"
+      nerft serve runs/demo-cpu --log-requests logs/requests.jsonl --feedback logs/feedback.jsonl
       curl -s localhost:8000/v1/ner -d '{"text": "张三在北京工作。"}' -H 'Content-Type: application/json'
     """
     from rich.markup import escape
@@ -79,14 +89,18 @@ def serve(
         fail(f"{run_or_model}: {e}".splitlines()[0])
     settings = ServeSettings(model_name=name, max_text_chars=max_text_chars, max_texts=max_texts,
                              max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
-                             batching=batching, api_key=api_key or None)
+                             batching=batching, api_key=api_key or None, log_requests=log_requests,
+                             feedback=feedback, log_max_bytes=int(log_max_mb * 2**20))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         from rich.console import Console
 
         Console(stderr=True).print(f"[yellow]warning:[/] serving on {escape(host)} without "
                                    "--api-key: anyone who can reach this port can use the model",
                                    highlight=False)
-    app = create_app(sentence_decoder(model, tokenizer, task, max_batch=max_batch), task, settings)
+    try:
+        app = create_app(sentence_decoder(model, tokenizer, task, max_batch=max_batch), task, settings)
+    except OSError as e:  # a log file that cannot be opened for appending
+        fail(f"cannot open the log file: {e}")
     # On SIGTERM uvicorn stops accepting, answers every open request, then runs the app's
     # shutdown, which lets the decode worker finish what is queued.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=120)

@@ -223,14 +223,32 @@ def _drop(rej: Rejection, count: FileCount, rejections: list[Rejection], strict:
     rejections.append(rej)
 
 
+def _is_correction(ex: Example) -> bool:
+    # Rows that `nerft serve --feedback` wrote; the id prefix is the service's (serve/feedback.py).
+    return ex.id.startswith("feedback-")
+
+
 def _deduplicate(candidates, files, rejections):
     first: dict[str, Example] = {}
+    where: dict[str, int] = {}  # text -> index in unique
     unique = []
     for fi, order, ex in candidates:
         kept = first.get(ex.text)
         if kept is None:
             first[ex.text] = ex
+            where[ex.text] = len(unique)
             unique.append((fi, order, ex))
+            continue
+        if _is_correction(kept) and _is_correction(ex):
+            # A later correction of the same sentence replaces the earlier one (the user changed
+            # their mind); the earlier row is counted as a duplicate of its own file.
+            old_fi = unique[where[ex.text]][0]
+            first[ex.text] = ex
+            unique[where[ex.text]] = (fi, order, ex)
+            file, _, line = kept.origin.rpartition(":")
+            rejections.append(Rejection(file, int(line) if line.isdigit() else 0,
+                                        "superseded_duplicate", f"corrected again at {ex.origin}"))
+            files[old_fi].duplicates += 1
             continue
         same = [(s.start, s.end, s.label) for s in kept.entities] == \
                [(s.start, s.end, s.label) for s in ex.entities]

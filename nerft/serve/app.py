@@ -14,6 +14,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, HTTPException, Request
@@ -22,10 +23,11 @@ from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
 
 from nerft.prompt import Task
 from nerft.serve.batcher import Batcher, Draining, QueueFull
+from nerft.serve.feedback import Feedback, FeedbackRequest
 from nerft.serve.metrics import ServiceMetrics
 
-ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/task", "/v1/ner", "/v1/chat/completions",
-          "/docs", "/openapi.json")
+ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/task", "/v1/ner", "/v1/feedback",
+          "/v1/chat/completions", "/docs", "/openapi.json")
 ERROR_KINDS = {401: "unauthorized", 404: "not_found", 413: "too_large", 422: "invalid",
                503: "unavailable"}
 
@@ -40,6 +42,9 @@ class ServeSettings:
     max_queue: int = 256
     batching: bool = True
     api_key: str | None = None
+    log_requests: Path | None = None  # opt-in: requests and answers, JSONL
+    feedback: Path | None = None  # opt-in: corrections from POST /v1/feedback, canonical JSONL
+    log_max_bytes: int = 100 * 2**20  # cap of each of the two files
 
     @property
     def max_body_bytes(self) -> int:
@@ -72,6 +77,8 @@ class Service:
     def __init__(self, decode: Callable, task: Task, settings: ServeSettings):
         self.decode, self.task, self.settings = decode, task, settings
         self.metrics = ServiceMetrics()
+        self.feedback = Feedback(settings.model_name, task.labels, settings.log_requests,
+                                 settings.feedback, settings.log_max_bytes)
         self.batcher: Batcher | None = None
         self.started = int(time.time())
         self._batch_seconds = 0.5  # running mean of decode call time, for Retry-After
@@ -179,7 +186,8 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
     @app.get("/health", summary="Liveness; never needs the API key")
     async def health():
         return {"status": "ok", "model": settings.model_name,
-                "queued_sentences": service.batcher.pending if service.batcher else 0}
+                "queued_sentences": service.batcher.pending if service.batcher else 0,
+                "logging": service.feedback.status()}
 
     @app.get("/v1/models", summary="The served model (OpenAI format)")
     async def models():
@@ -193,12 +201,22 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
                 "limits": {"max_text_chars": settings.max_text_chars, "max_texts": settings.max_texts}}
 
     @app.post("/v1/ner", summary="Entities of one or more sentences")
-    async def ner(body: NerRequest):
-        """`{"text": ...}` or `{"texts": [...]}` → entities with code-point offsets, end exclusive."""
-        decoded = await service.decode_texts(body.all_texts())
-        return {"model": settings.model_name,
-                "results": [{"text": d.text, "entities": [e.to_dict() for e in d.entities]}
-                            for d in decoded]}
+    async def ner(body: NerRequest, response: Response):
+        """`{"text": ...}` or `{"texts": [...]}` → entities with code-point offsets, end exclusive.
+
+        `request_id` (also the X-Request-Id header) names the answer in POST /v1/feedback."""
+        texts = body.all_texts()
+        decoded = await service.decode_texts(texts)
+        results = [{"text": d.text, "entities": [e.to_dict() for e in d.entities]} for d in decoded]
+        request_id = service.feedback.record_answer(texts, results, "/v1/ner")
+        response.headers["X-Request-Id"] = request_id
+        return {"model": settings.model_name, "request_id": request_id, "results": results}
+
+    @app.post("/v1/feedback", summary="Corrected entities of one sentence (needs --feedback)")
+    async def feedback(body: FeedbackRequest):
+        """`{"request_id": ..., "entities": [{"text", "label", "start"?, "end"?}]}` or with `text`
+        instead of `request_id`; appended as a canonical row that `nerft data prepare` reads."""
+        return service.feedback.correct(body)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():

@@ -1,6 +1,7 @@
 """Real servers for the serve tests: `nerft serve` in a subprocess on a free loopback port."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,3 +100,25 @@ def server(start_server):
 def keyed_server(start_server):
     """API key from the environment; at most 2 sentences queued, one request per decode."""
     return start_server(["--max-queue", "2", "--no-batching"], env={"NERFT_API_KEY": API_KEY})
+
+
+# The web page in a real headless Chromium (Debian's `chromium` + `chromium-driver`).
+CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
+        pytest.fail("chromium and chromium-driver are needed: apt-get install chromium "
+                    "chromium-driver fonts-wqy-microhei (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--window-size=1100,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()

@@ -1,33 +1,13 @@
 """The web page in a real headless Chromium (Debian's `chromium` + `chromium-driver`): type a
 sentence, see its entities highlighted by label with offsets; a screenshot is kept in artifacts/."""
 
-import shutil
 from pathlib import Path
 
 import pytest
 import requests
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 EMOJI_TEXT = "😀😀 张三 went to 北京大学 🎓 读书。"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
-        pytest.fail("chromium and chromium-driver are needed: apt-get install chromium "
-                    "chromium-driver fonts-wqy-microhei (.ci/run does)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--window-size=1100,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_page_highlights_entities_by_label(server, browser):
