@@ -115,7 +115,7 @@ def markdown_table(r: dict) -> str:
         f"{_num(eh['answer_tokens'])} | {_num(en['generated_tokens'])}; {_num(en['answer_tokens'])} | |",
         f"| identical answers | {eq['identical_answers']} of {eq['sentences']} | | |",
         f"| test F1 | {_f1(eh)} | {_f1(en)} | |",
-        f"| decoder steps after the prompts | one per token | "
+        "| decoder steps after the prompts | one per token | "
         + (f"{steps['steps']:,} (guessed {steps['guessed']:,} tokens, kept {steps['kept']:,}) | |"
            if (steps := en.get("decoder_steps")) else "- | |"),
         "",
