@@ -149,12 +149,17 @@ def stop_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]  # change 5
 
 
+def prompt_text(tokenizer, text: str) -> str:
+    """The example's inference prompt, from the tokenizer's chat template."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": f"文本:{text}"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 @torch.no_grad()
 def predict(model, tokenizer, text: str, max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[str, int]:
     """One sentence, the example's way; returns (answer, tokens generated)."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": f"文本:{text}"}]
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = prompt_text(tokenizer, text)
     model_inputs = tokenizer([prompt], return_tensors="pt").to(model.device)
     generated = model.generate(model_inputs.input_ids, max_new_tokens=max_new_tokens,
                                do_sample=False, eos_token_id=stop_ids(tokenizer),

@@ -98,8 +98,13 @@ class StepLog:
 
     def __init__(self, samples_per_step: int, count_flops: bool = True,
                  wall_budget_s: float | None = None, eval_at_steps: set[int] | None = None,
-                 rss: RssSampler | None = None):
+                 rss: RssSampler | None = None, min_steps: int = 0, lora_seed: int | None = None,
+                 on_eval=None):
         self.rss = rss
+        self.min_steps = min_steps  # the time budget cannot stop training before this step
+        self.lora_seed = lora_seed  # both sides: the same LoRA starting weights (same_lora_init)
+        self.on_eval = on_eval  # extra scoring at each evaluation: on_eval(model) -> dict
+        self.lora_init_checksum: float | None = None
         self.phase: str | None = None  # "train" or "eval" while the trainer is in one
         self.samples_per_step = samples_per_step
         self.count_flops = count_flops
@@ -138,6 +143,31 @@ class StepLog:
         }
 
 
+def same_lora_init(model, seed: int) -> float:
+    """Give every LoRA matrix a starting value that depends only on `seed` and the layer's name
+    from `layers.` on (A: PEFT's own Kaiming-uniform rule, B: zeros), so the baseline and nerft
+    start from identical adapters whatever each built in between. Returns a checksum (sum of
+    |A|) that the report compares between sides."""
+    import math
+    import zlib
+
+    total = 0.0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_A." not in name and ".lora_B." not in name:
+                continue
+            key = name[name.index("layers."):] if "layers." in name else name
+            if ".lora_B." in name:
+                p.zero_()
+                continue
+            g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+            w = torch.empty(p.shape, dtype=torch.float32)
+            torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
+            p.copy_(w.to(p.dtype))
+            total += float(w.abs().sum())
+    return total
+
+
 def instrumented(trainer_cls, log: StepLog):
     """A subclass of `trainer_cls` that fills `log`; training itself is untouched."""
     from transformers import TrainerCallback
@@ -158,7 +188,11 @@ def instrumented(trainer_cls, log: StepLog):
             log.step_seconds.append(now - log._t - log.excluded)
             log._t, log.excluded = now, 0.0
             stop = state.global_step >= state.max_steps
-            if log.wall_budget_s is not None and log.train_seconds >= log.wall_budget_s:
+            # Equal time: stop before a step that would end past the budget (each step is
+            # predicted to take the mean step time so far), so nerft never gets more time.
+            mean = log.train_seconds / len(log.step_seconds)
+            if (log.wall_budget_s is not None and state.global_step >= log.min_steps
+                    and log.train_seconds + mean > log.wall_budget_s):
                 control.should_training_stop = stop = True
             if log.eval_at_steps is not None:
                 control.should_evaluate = stop or state.global_step in log.eval_at_steps
@@ -168,6 +202,8 @@ def instrumented(trainer_cls, log: StepLog):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.add_callback(Clock())
+            if log.lora_seed is not None:
+                log.lora_init_checksum = same_lora_init(self.model, log.lora_seed)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             log.tokens_computed += int(inputs["input_ids"].numel())
@@ -189,9 +225,12 @@ def instrumented(trainer_cls, log: StepLog):
                 log.phase = outer
                 if log.rss is not None:
                     log.rss.enter(previous)
+            extra = {}
+            if log.on_eval is not None and self.state.global_step >= log.min_steps:
+                extra = {"common_reader": log.on_eval(self.model)}
             took = time.perf_counter() - start
             log.excluded += took
-            log.evaluations.append({
+            log.evaluations.append({**extra,
                 "step": self.state.global_step,
                 "samples": self.state.global_step * log.samples_per_step,
                 "train_seconds": round(log.train_seconds, 3), "eval_seconds": round(took, 3),

@@ -17,13 +17,20 @@ def _f1(q: dict | None) -> str:
     return f"{q['f1']:.3f} (parse {q['parse_rate']:.0%})"
 
 
+def _common(q: dict | None) -> str:
+    return _f1((q or {}).get("common_reader"))
+
+
 def markdown_table(r: dict) -> str:
     tb, tn = r["train"]["baseline"], r["train"]["nerft"]
     ib, inn = r["infer"]["baseline"], r["infer"]["nerft"]
+    eq = r["infer"]["equal_work"]
+    eh, en = eq["model_generate"], eq["nerft"]
     x, m, rows = r["ratios"], r["machine"], r["rows"]
     mb, mn = tb["memory"], tn["memory"]
     wall = tn.get("f1_at_wall_budget")
     peak = m["matmul_fp32_peak"]["gflop_per_s"]
+    gap = r.get("train_time_gap_s")
 
     def util(side):
         g = side.get("achieved_gflop_per_s")
@@ -37,7 +44,11 @@ def markdown_table(r: dict) -> str:
         f"{'**CONTENDED**: other heavy processes ran' if r['contention']['contended'] else 'no other heavy process seen'}",
         "",
         f"Training: {rows['samples']} samples per side, same rows in the same order: "
-        f"{rows['same_training_order']}; validation {rows['val']} rows, test {rows['test']} rows.",
+        f"{rows['same_training_order']}; same LoRA starting weights: "
+        f"{tb.get('lora_init_checksum') is not None and tb.get('lora_init_checksum') == tn.get('lora_init_checksum')}; "
+        f"validation {rows['val']} rows, test {rows['test']} rows.",
+        "",
+        "## Training",
         "",
         "| | baseline (worked example) | nerft | nerft / baseline |",
         "|---|---|---|---|",
@@ -55,29 +66,60 @@ def markdown_table(r: dict) -> str:
         f"{_num(x['train_peak_rss'])} |",
         f"| tokenise {tb['tokenise_rows']:,} rows (s) | {_num(tb['tokenise_seconds'])} | "
         f"{_num(tn['tokenise_seconds'])} | {_num(x['tokenise_seconds'])} |",
-        f"| val F1 before training | {_f1({'f1': tn.get('f1_before_training'), 'parse_rate': 0}).split(' (')[0]} | "
-        f"same model | |",
-        f"| val F1 after {rows['samples']} samples | {_f1(tb['f1_at_samples'])} | {_f1(tn['f1_at_samples'])} | "
-        f"{x['f1_at_samples_minus_baseline']:+.3f} |",
-        f"| val F1 at the baseline's training time ({_num(tb['train_seconds'], 0)} s) | {_f1(tb['f1_at_samples'])} | "
-        + (f"{_f1(wall)} after {wall['samples']} samples | |" if wall else "- | |"),
-        f"| inference sentences/s ({ib['sentences']} test rows) | {_num(ib['sentences_per_s'], 3)} (one at a time) | "
-        f"{_num(inn['sentences_per_s'], 3)} (continuous batching, guessed tokens) | {_num(x['infer_sentences_per_s'])} |",
-        f"| inference answer tokens/s | {_num(ib['answer_tokens_per_s'], 1)} | {_num(inn['answer_tokens_per_s'], 1)} | |",
-        f"| inference peak RSS (MiB) | {_num(ib['memory'].get('infer_mib'), 0)} | "
-        f"{_num(inn['memory'].get('infer_mib'), 0)} | {_num(x['infer_peak_rss'])} |",
-        f"| test F1, same trained adapter | {_f1(ib)} | {_f1(inn)} | |",
-        (f"| same, nerft's decoder with constrained decoding off: sentences/s, test F1 | | "
-         f"{_num(free['sentences_per_s'], 3)}, {_f1(free)} | "
-         f"{_num(x.get('infer_unconstrained_sentences_per_s'))} |"
-         if (free := r["infer"].get("nerft_unconstrained")) else None),
-        f"| decoder steps after the prompts | {_num(ib.get('generated_tokens'), 0)} (one per token) | "
-        + (f"{steps['steps']:,} (guessed {steps['guessed']:,} tokens, kept {steps['kept']:,}) | |"
-           if (steps := inn.get("decoder_steps")) else "- | |"),
+        f"| val F1 before training (nerft's decoder) | same model | "
+        f"{_num(tn.get('f1_before_training'), 3)} | |",
+        f"| val F1 after {rows['samples']} samples, each side's own reader | {_f1(tb['f1_at_samples'])} | "
+        f"{_f1(tn['f1_at_samples'])} | {x['f1_at_samples_own_reader_minus_baseline']:+.3f} |",
+        f"| val F1 after {rows['samples']} samples, the same unconstrained reader | "
+        f"{_common(tb['f1_at_samples'])} | {_common(tn['f1_at_samples'])} | "
+        f"{x['f1_at_samples_common_reader_minus_baseline']:+.3f} |",
+        f"| val F1 at equal training time: baseline {_num(tb['train_seconds'], 1)} s | "
+        f"{_f1(tb['f1_at_samples'])}; same reader {_common(tb['f1_at_samples'])} | "
+        + (f"{_f1(wall)}; same reader {_common(wall)} after {wall['samples']} samples, "
+           f"{_num(wall['train_seconds'], 1)} s (gap {_num(gap, 1)} s) | |" if wall else "- | |"),
         "",
-        "Validation F1 uses one decoder for both trained models (nerft's `generate_answers`), so "
-        "it compares training; inference compares decoders on nerft's trained adapter. FLOPs: "
-        f"{r['flops_method']}.",
+        "Own reader: the baseline decodes as the worked example does (up to "
+        f"{r['infer']['baseline_max_new_tokens']} tokens, its stop rule, objects back to back); "
+        "nerft uses its constrained decoder. Same reader: each side's own prompt, no constraint, "
+        "greedy `model.generate` with nerft's per-sentence budget and stop tokens, one parser.",
+        "",
+        "## Inference (a): as each user gets it",
+        "",
+        "| | baseline: worked example (own adapter, unmerged PEFT, "
+        f"{r['infer']['baseline_max_new_tokens']} tokens, one at a time) | nerft predict (own adapter merged, "
+        "constrained, batched) | nerft / baseline |",
+        "|---|---|---|---|",
+        f"| sentences/s ({ib['sentences']} test rows) | {_num(ib['sentences_per_s'], 3)} | "
+        f"{_num(inn['sentences_per_s'], 3)} | {_num(x['user_infer_sentences_per_s'])} |",
+        f"| answer tokens, answer tokens/s | {_num(ib['answer_tokens'])}, {_num(ib['answer_tokens_per_s'], 1)} | "
+        f"{_num(inn['answer_tokens'])}, {_num(inn['answer_tokens_per_s'], 1)} | |",
+        f"| peak RSS (MiB) | {_num(ib['memory'].get('infer_mib'), 0)} | "
+        f"{_num(inn['memory'].get('infer_mib'), 0)} | {_num(x['user_infer_peak_rss'])} |",
+        f"| test F1 (each side's own trained adapter) | {_f1(ib)} | {_f1(inn)} | |",
+        "",
+        "These rows compare different work: different adapters, budgets, stop rules and formats.",
+        "",
+        "## Inference (b): equal work",
+        "",
+        f"{eq['what']}.",
+        "",
+        "| | `model.generate`, one sentence at a time | nerft's batched decoder | nerft / generate |",
+        "|---|---|---|---|",
+        f"| sentences/s ({eh['sentences']} test rows) | {_num(eh['sentences_per_s'], 3)} | "
+        f"{_num(en['sentences_per_s'], 3)} | {_num(eq['sentences_per_s'])} |",
+        f"| answer tokens/s | {_num(eh['answer_tokens_per_s'], 1)} | {_num(en['answer_tokens_per_s'], 1)} | "
+        f"{_num(eq['answer_tokens_per_s'])} |",
+        f"| generated tokens/s (answer ids, stop token not counted) | {_num(eh['generated_tokens_per_s'], 1)} | "
+        f"{_num(en['generated_tokens_per_s'], 1)} | {_num(eq['generated_tokens_per_s'])} |",
+        f"| generated tokens; answer tokens (answers re-encoded) | {_num(eh['generated_tokens'])}; "
+        f"{_num(eh['answer_tokens'])} | {_num(en['generated_tokens'])}; {_num(en['answer_tokens'])} | |",
+        f"| identical answers | {eq['identical_answers']} of {eq['sentences']} | | |",
+        f"| test F1 | {_f1(eh)} | {_f1(en)} | |",
+        "| decoder steps after the prompts | one per token | "
+        + (f"{steps['steps']:,} (guessed {steps['guessed']:,} tokens, kept {steps['kept']:,}) | |"
+           if (steps := en.get("decoder_steps")) else "- | |"),
+        "",
+        f"FLOPs: {r['flops_method']}.",
         "",
     ]
     return "\n".join(line for line in lines if line is not None)

@@ -8,12 +8,19 @@ and test rows. Each side trains in its own process (bench/sides.py), then each d
 its own process on the same trained adapter (nerft's), so peak memory and timings are per side.
 Writes bench/results/<name>.json and <name>.md and prints the table.
 
-Quality at equal budget: both trained models are scored on the same validation rows with the
-same decoder (nerft's `generate_answers`), so the F1 difference is the training's. nerft is
+Quality: both sides start from the same LoRA weights (bench.instrument.same_lora_init) and are
+scored on the same validation rows twice: with each side's own reader (the baseline: the
+example's decoding, 512 tokens, its stop rule, its back-to-back object format; nerft: its
+constrained decoder) and with one reader shared by both (each side's own prompt, no constraint,
+greedy `model.generate`, nerft's per-sentence budget and stop tokens, the same parser). nerft is
 evaluated after the same number of samples as the baseline and, unless --no-equal-time, keeps
-training (same rows, same order) until its training time equals the baseline's and is
-evaluated again there. The learning rate is constant on both sides, so the equal-samples point
-of the longer nerft run is exactly what a nerft run of that length would give.
+training (same rows, same order) while the next step is predicted to end within the baseline's
+training time; both times are reported. The learning rate is constant on both sides.
+
+Inference is reported twice: (a) as each user gets it (the example's own adapter, unmerged, its
+512-token budget, stop rule and format; nerft's adapter merged, constrained), and (b) at equal
+work (nerft's adapter merged, nerft's prompts, the same per-sentence budget and stop tokens, no
+constraint): `model.generate` one sentence at a time vs nerft's batched decoder.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="results file name (default: quick or the model)")
     p.add_argument("--samples", type=int, default=None, help="training samples per side, a "
                    "multiple of 16 (default 16 quick, 32 full)")
-    p.add_argument("--val", type=int, default=None, help="validation rows (default 8 / 24)")
+    p.add_argument("--val", type=int, default=None, help="validation rows (default 8 / 100)")
     p.add_argument("--test", type=int, default=None, help="test rows for inference (default 2 / 32)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="the baseline decoder's "
                    "budget (default: the recipe's 512; 64 with --quick, where a random model "
@@ -65,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.model = args.model or ("tiny" if quick else "demo")
     args.name = args.name or ("quick" if quick else Path(args.model).name)
     args.samples = args.samples or (16 if quick else 32)
-    args.val = args.val or (8 if quick else 24)
+    args.val = args.val or (8 if quick else 100)
     args.test = args.test or (2 if quick else 32)
     args.max_new_tokens = args.max_new_tokens or (64 if quick else 512)
     if args.tokenise_rows is None:
@@ -148,10 +155,22 @@ def compare(base: dict, ours: dict, inf_base: dict, inf_ours: dict, samples: int
         "executed_gflop_per_sample": ratio(ours["executed_gflop_per_sample"], base["executed_gflop_per_sample"]),
         "train_peak_rss": ratio(ours_mem.get("train_mib"), base_mem.get("train_mib")),
         "tokenise_seconds": ratio(ours["tokenise_seconds"], base["tokenise_seconds"]),
-        "infer_sentences_per_s": ratio(inf_ours["sentences_per_s"], inf_base["sentences_per_s"]),
-        "infer_peak_rss": ratio(inf_ours["memory"].get("infer_mib"), inf_base["memory"].get("infer_mib")),
-        "f1_at_samples_minus_baseline": ours["f1_at_samples"].get("f1", 0) - base["f1_at_samples"]["f1"],
+        "user_infer_sentences_per_s": ratio(inf_ours["sentences_per_s"], inf_base["sentences_per_s"]),
+        "user_infer_peak_rss": ratio(inf_ours["memory"].get("infer_mib"), inf_base["memory"].get("infer_mib")),
+        "f1_at_samples_own_reader_minus_baseline": ours["f1_at_samples"].get("f1", 0) - base["f1_at_samples"]["f1"],
+        "f1_at_samples_common_reader_minus_baseline": (
+            ours["f1_at_samples"].get("common_reader", {}).get("f1", 0)
+            - base["f1_at_samples"]["common_reader"]["f1"]),
     }
+
+
+def equal_work(hf: dict, ours: dict) -> dict:
+    """The same work on both sides: how often the answers agree, and nerft / model.generate."""
+    same = sum(a == b for a, b in zip(hf["all_answers"], ours["all_answers"]))
+    return {"identical_answers": same, "sentences": hf["sentences"],
+            "sentences_per_s": ratio(ours["sentences_per_s"], hf["sentences_per_s"]),
+            "answer_tokens_per_s": ratio(ours["answer_tokens_per_s"], hf["answer_tokens_per_s"]),
+            "generated_tokens_per_s": ratio(ours["generated_tokens_per_s"], hf["generated_tokens_per_s"])}
 
 
 def main(argv=None) -> dict:
@@ -168,15 +187,19 @@ def main(argv=None) -> dict:
             "labels": rows["labels"], "samples": args.samples, "seed": 42,
             "count_flops": not args.no_flops, "threads": args.threads,
             "max_new_tokens": args.max_new_tokens,
+            # A random model never stops: --quick caps nerft's per-sentence budget (same cap
+            # on every side that uses it) so the quick bench stays quick.
+            "budget_cap": args.max_new_tokens if args.quick else None,
             "nerft_max_steps": len(rows["train"]) // 16}
 
     base = run_side("train-baseline", spec, work)
     budget = None if args.no_equal_time else base["train_seconds"]
     ours = run_side("train-nerft", {**spec, "wall_budget_s": budget}, work)
-    infer_spec = {**spec, "adapter": ours["adapter"]}
+    infer_spec = {**spec, "adapter": ours["adapter"], "baseline_adapter": base["adapter"]}
     inf_base = run_side("infer-baseline", infer_spec, work)
     inf_ours = run_side("infer-nerft", infer_spec, work)
-    inf_free = run_side("infer-nerft-unconstrained", infer_spec, work)
+    eq_hf = run_side("infer-equal-hf", infer_spec, work)
+    eq_ours = run_side("infer-equal-nerft", infer_spec, work)
     heavy_after = other_heavy_processes()
     # A busy machine lowers the peak as much as the runs: keep the better of two measurements.
     peak_after = matmul_peak_gflops(peak["n"], 1.0 if args.quick else 3.0)
@@ -199,11 +222,18 @@ def main(argv=None) -> dict:
                         "counted as its attention matmuls over the full query x key rectangle; "
                         "optimizer step not counted",
         "train": {"baseline": base, "nerft": ours},
-        "infer": {"adapter": "nerft's trained adapter (final)", "baseline_max_new_tokens": args.max_new_tokens,
-                  "baseline": inf_base, "nerft": inf_ours, "nerft_unconstrained": inf_free},
-        "ratios": {**compare(base, ours, inf_base, inf_ours, args.samples),
-                   "infer_unconstrained_sentences_per_s": ratio(inf_free["sentences_per_s"],
-                                                                inf_base["sentences_per_s"])},
+        "infer": {"baseline_max_new_tokens": args.max_new_tokens,
+                  "baseline": inf_base, "nerft": inf_ours,
+                  "equal_work": {"what": "nerft's adapter merged, nerft's prompts, budget "
+                                         "nerft.infer.stopping.answer_token_budget per sentence"
+                                         + (f" capped at {args.max_new_tokens}" if args.quick else "")
+                                         + ", "
+                                         "stop tokens nerft.chat.stop_token_ids, no constraint",
+                                 "model_generate": eq_hf, "nerft": eq_ours,
+                                 **equal_work(eq_hf, eq_ours)}},
+        "train_time_gap_s": (ours["f1_at_wall_budget"]["train_seconds"] - base["train_seconds"]
+                             if ours.get("f1_at_wall_budget") else None),
+        "ratios": compare(base, ours, inf_base, inf_ours, args.samples),
         "bench_seconds": time.perf_counter() - started,
     }
     for side in ("baseline", "nerft"):

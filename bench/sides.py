@@ -1,13 +1,18 @@
 """One side of the benchmark in its own process: `python -m bench.sides ROLE SPEC.json OUT.json`.
 
-Roles: `train-baseline`, `train-nerft`, `infer-baseline`, `infer-nerft`,
-`infer-nerft-unconstrained` (nerft's decoder with constrained decoding off). Each process loads what
-it needs, so its peak memory and its timings are its own. SPEC.json is written by `bench.run`.
+Roles: `train-baseline`, `train-nerft`; inference as a user of each gets it (`infer-baseline`:
+the worked example's own adapter, unmerged, 512 tokens, its own stop rule and parser;
+`infer-nerft`: nerft's adapter merged, constrained decoding) and at equal work (`infer-equal-hf`,
+`infer-equal-nerft`: nerft's adapter merged, nerft's prompts, the same per-sentence budget and
+stop tokens, one sentence at a time with `model.generate` vs nerft's batched decoder with
+constrained decoding off). Each process loads what it needs, so its peak memory and its timings
+are its own. SPEC.json is written by `bench.run`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,22 +28,70 @@ from nerft.prompt import Task, parse_answer
 EVAL_BATCH = 16  # nerft's default eval.batch_size, used for every generate_answers call here
 
 
+def read_answer(answer: str, text: str, labels: tuple[str, ...]):
+    """The reader used for every answer here, whatever its format: objects written back to back
+    (the worked example's format) are split where one closes and the next opens, then read by
+    nerft's parser. nerft's one-object-per-line answers pass through unchanged."""
+    return parse_answer(re.sub(r"\}\s*\{", "}\n{", answer), text, labels)
+
+
 def score(examples: list[Example], answers: list[str], labels: tuple[str, ...]) -> dict:
-    """Strict micro F1 and parse rate with the project's parser, the same for both sides."""
-    parsed = [parse_answer(a, ex.text, labels) for a, ex in zip(answers, examples)]
+    """Strict micro F1 and parse rate (`read_answer`), the same for both sides."""
+    parsed = [read_answer(a, ex.text, labels) for a, ex in zip(answers, examples)]
     micro = score_corpus([ex.entities for ex in examples], [p.spans for p in parsed], "strict").micro
     return {"f1": micro.f1, "precision": micro.precision, "recall": micro.recall,
             "parse_rate": sum(p.well_formed for p in parsed) / max(len(parsed), 1)}
 
 
-def nerft_validation(model, tokenizer, task: Task, examples: list[Example]) -> dict:
-    """F1 with nerft's own validation decoder (what `train` runs at each evaluation)."""
-    from nerft.infer.generate import generate_answers
+@torch.no_grad()
+def generate_one_by_one(model, tokenizer, prompts: list[list[int]], budgets: list[int],
+                        stop_ids: list[int]) -> tuple[list[str], int]:
+    """Greedy `model.generate`, one prompt at a time, each with its own token budget and the
+    given stop tokens; returns the answers (special tokens skipped) and the answer tokens
+    generated (a final stop token not counted, as nerft's decoder counts them)."""
+    was_training = model.training
+    model.eval()
+    answers, generated = [], 0
+    try:
+        for ids, budget in zip(prompts, budgets):
+            x = torch.tensor([ids], device=model.device)
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                                 max_new_tokens=budget, eos_token_id=stop_ids, use_cache=True,
+                                 pad_token_id=tokenizer.pad_token_id)
+            new = out[0, x.shape[1]:]
+            generated += int(new.numel()) - int(new.numel() > 0 and int(new[-1]) in stop_ids)
+            answers.append(tokenizer.decode(new, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return answers, generated
+
+
+def budget_of(spec: dict):
+    """nerft's per-sentence answer budget, capped at spec["budget_cap"] where set (--quick: a
+    random model never stops, so every answer would run to its full budget)."""
+    from nerft.infer.stopping import answer_token_budget
+
+    cap = spec.get("budget_cap")
+    return lambda text: answer_token_budget(text) if cap is None else min(cap, answer_token_budget(text))
+
+
+def common_reader(spec: dict, model, tokenizer, prompts: list[list[int]], examples: list[Example],
+                  labels: tuple[str, ...]) -> dict:
+    """F1 with the reader both sides share: each side's own prompt, no constraint, greedy
+    `model.generate`, nerft's per-sentence budget and stop tokens, `read_answer`."""
+    from nerft.chat import stop_token_ids
 
     start = time.perf_counter()
-    answers = generate_answers(model, tokenizer, task, [ex.text for ex in examples],
-                               batch_size=EVAL_BATCH)
-    return {**score(examples, answers, task.labels), "eval_seconds": time.perf_counter() - start}
+    answers, generated = generate_one_by_one(
+        model, tokenizer, prompts, [budget_of(spec)(ex.text) for ex in examples],
+        sorted(stop_token_ids(tokenizer, getattr(model, "generation_config", None))))
+    return {**score(examples, answers, labels), "generated_tokens": generated,
+            "eval_seconds": time.perf_counter() - start}
+
+
+def baseline_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+    return [tokenizer(baseline.prompt_text(tokenizer, t), add_special_tokens=False)["input_ids"]
+            for t in texts]
 
 
 def _load(spec: dict, name: str) -> list[Example]:
@@ -67,7 +120,7 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
 
     set_seed(spec["seed"])
     model = baseline.add_lora(model)
-    log = StepLog(16, spec["count_flops"], rss=rss)
+    log = StepLog(16, spec["count_flops"], rss=rss, lora_seed=spec["seed"])
     args = baseline.training_arguments(Path(spec["work"]) / "baseline-run", spec["samples"] // 16,
                                        seed=spec["seed"])
     trainer = baseline.build_trainer(model, tokenizer, dataset, args, instrumented(Trainer, log))
@@ -80,11 +133,26 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
 
     trainer.data_collator = recording_collator
     trainer.train()
+    # Training is over: decode with the KV cache, as the example's separate inference run does
+    # (gradient checkpointing turns it off).
+    model.gradient_checkpointing_disable()
+    model.config.use_cache = True
+    adapter = Path(spec["work"]) / "baseline-adapter"
+    model.save_pretrained(adapter)
+    val = _load(spec, "val.jsonl")
     with rss.phase("eval"):
-        quality = nerft_validation(model, tokenizer, task, _load(spec, "val.jsonl"))
+        # Its own reader: the example's decoding (512 tokens, its stop rule) and format.
+        start = time.perf_counter()
+        answers, generated, _ = baseline.predict_all(model, tokenizer, [ex.text for ex in val],
+                                                     spec["max_new_tokens"])
+        own = {**score(val, answers, task.labels), "generated_tokens": generated,
+               "eval_seconds": time.perf_counter() - start}
+        common = common_reader(spec, model, tokenizer, baseline_prompts(tokenizer, [ex.text for ex in val]),
+                               val, task.labels)
     return {"tokenise_seconds": tokenise_s, "tokenise_rows": len(tok_rows),
             "truncated_rows": truncated, **log.summary(), "order": order,
-            "f1_at_samples": {"samples": log.summary()["samples"], **quality}}
+            "lora_init_checksum": log.lora_init_checksum, "adapter": str(adapter),
+            "f1_at_samples": {"samples": log.summary()["samples"], **own, "common_reader": common}}
 
 
 def train_nerft(spec: dict, rss: RssSampler) -> dict:
@@ -106,8 +174,15 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
     steps_at_samples = spec["samples"] // 16
     budget = spec.get("wall_budget_s")
     max_steps = spec["nerft_max_steps"] if budget else steps_at_samples
+    val = _load(spec, "val.jsonl")
+    from nerft.chat import encode_prompts
+
+    val_prompts = encode_prompts(tokenizer, task, [ex.text for ex in val])
     log = StepLog(16, spec["count_flops"], wall_budget_s=budget, rss=rss,
-                  eval_at_steps={0, steps_at_samples})
+                  eval_at_steps={0, steps_at_samples}, min_steps=steps_at_samples,
+                  lora_seed=spec["seed"],
+                  on_eval=lambda model: common_reader(spec, model, tokenizer, val_prompts, val,
+                                                      task.labels))
     order: list[str] = []
 
     class RecordingCollator(workflow.PackedCollator):
@@ -143,40 +218,54 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
             "f1_before_training": by_step.get(0, {}).get("f1"),
             "f1_at_samples": {"samples": steps_at_samples * 16, **at_samples},
             "f1_at_wall_budget": result["evaluations"][-1] if budget else None,
+            "lora_init_checksum": log.lora_init_checksum,
             "adapter": str(summary.run_dir / "final")}
 
 
-def infer(spec: dict, rss: RssSampler, decoder: str) -> dict:
+def infer(spec: dict, rss: RssSampler, role: str) -> dict:
     from peft import PeftModel
 
+    import nerft.infer.generate as generate
+    from nerft.chat import encode_prompts, stop_token_ids
     from nerft.infer.generate import AnswerGenerator, DecodeOptions
 
     task = Task(tuple(spec["labels"]))
     examples = _load(spec, "test.jsonl")
+    texts = [ex.text for ex in examples]
+    user_baseline = role == "baseline"
     with rss.phase("load"):
         model, tokenizer = baseline.load_model(Path(spec["model_folder"]))
-        model = PeftModel.from_pretrained(model, spec["adapter"])
-        if decoder != "baseline":
+        adapter = spec["baseline_adapter"] if user_baseline else spec["adapter"]
+        model = PeftModel.from_pretrained(model, adapter)
+        if not user_baseline:
             model = model.merge_and_unload()  # what `nerft predict` / `nerft eval` load
         model.eval()
-    texts = [ex.text for ex in examples]
-    stats = None
+    stats, generated = None, None
     with rss.phase("infer"):
-        if decoder == "baseline":
-            answers, generated, seconds = baseline.predict_all(
+        start = time.perf_counter()
+        if user_baseline:
+            answers, generated, _ = baseline.predict_all(
                 model, tokenizer, texts, spec.get("max_new_tokens", baseline.MAX_NEW_TOKENS))
+        elif role == "equal-hf":
+            answers, generated = generate_one_by_one(
+                model, tokenizer, encode_prompts(tokenizer, task, texts),
+                [budget_of(spec)(t) for t in texts],
+                sorted(stop_token_ids(tokenizer, model.generation_config)))
         else:
-            start = time.perf_counter()
+            if role == "equal-nerft":  # the same (capped) budget as equal-hf
+                generate.answer_token_budget = budget_of(spec)
             decoded = AnswerGenerator(model, tokenizer, task).decode(
-                texts, DecodeOptions(batch_size=EVAL_BATCH, constrained=decoder == "nerft"))
+                texts, DecodeOptions(batch_size=EVAL_BATCH, constrained=role == "nerft"))
             answers, stats = decoded.answers, decoded.stats
-            seconds, generated = time.perf_counter() - start, None
+            generated = sum(len(ids) for ids in decoded.ids)
+        seconds = time.perf_counter() - start
     answer_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-    return {"sentences": len(texts), "seconds": seconds, "sentences_per_s": len(texts) / seconds,
+    return {"adapter": adapter, "merged": not user_baseline, "sentences": len(texts),
+            "seconds": seconds, "sentences_per_s": len(texts) / seconds,
             "answer_tokens": answer_tokens, "answer_tokens_per_s": answer_tokens / seconds,
-            "generated_tokens": generated, "decoder_steps": stats,
-            **score(examples, answers, task.labels),
-            "answers": answers[:5]}
+            "generated_tokens": generated,
+            "generated_tokens_per_s": generated / seconds if generated is not None else None,
+            "decoder_steps": stats, **score(examples, answers, task.labels), "all_answers": answers}
 
 
 def main(argv: list[str]) -> None:
@@ -190,7 +279,7 @@ def main(argv: list[str]) -> None:
         result = train_baseline(spec, rss)
     elif role == "train-nerft":
         result = train_nerft(spec, rss)
-    elif role in ("infer-baseline", "infer-nerft", "infer-nerft-unconstrained"):
+    elif role in ("infer-baseline", "infer-nerft", "infer-equal-hf", "infer-equal-nerft"):
         result = infer(spec, rss, role.removeprefix("infer-"))
     else:
         raise SystemExit(f"unknown role {role!r}")

@@ -17,6 +17,10 @@ def _unit(x) -> bool:
     return isinstance(x, (int, float)) and 0.0 <= x <= 1.0
 
 
+def _close(a, b, rel=2e-3) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b))
+
+
 def test_quick_bench_reports_every_figure(tmp_path, shared_data):
     env = {**os.environ, "NERFT_DATA": str(shared_data)}
     done = subprocess.run(
@@ -26,33 +30,75 @@ def test_quick_bench_reports_every_figure(tmp_path, shared_data):
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "ci.json").read_text(encoding="utf-8"))
     table = (tmp_path / "out" / "ci.md").read_text(encoding="utf-8")
-    assert "| train samples/s" in table and "| test F1" in table
+    assert table in done.stdout  # what is printed is what is written
 
     m = r["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["torch"] and m["transformers"] and m["peft"] and m["date"]
     assert _positive(m["matmul_fp32_peak"]["gflop_per_s"])
     assert isinstance(r["contention"]["contended"], bool)
-    assert r["rows"]["same_training_order"] is True  # both sides saw the same rows in the same order
+    rows = r["rows"]
+    assert rows["same_training_order"] is True  # both sides saw the same rows in the same order
+    base, ours = r["train"]["baseline"], r["train"]["nerft"]
+    # The same LoRA starting weights on both sides (and a checksum that is not trivially 0).
+    assert _positive(base["lora_init_checksum"])
+    assert _close(base["lora_init_checksum"], ours["lora_init_checksum"], 1e-6)
+    assert base["samples"] == rows["samples"] and ours["samples"] >= rows["samples"]
+    assert base["order"][:rows["samples"]] == ours["order"][:rows["samples"]]
 
-    for side in ("baseline", "nerft"):
-        t = r["train"][side]
-        assert t["samples"] >= r["rows"]["samples"]
+    for side, t in (("baseline", base), ("nerft", ours)):
         for key in ("samples_per_s", "answer_tokens_per_s", "tokenise_seconds", "executed_flops",
                     "achieved_gflop_per_s", "tokens_computed_per_sample"):
             assert _positive(t[key]), (side, key, t[key])
+        # Speeds are the counts over the measured time, not something else.
+        assert _close(t["samples_per_s"], t["samples"] / t["train_seconds"])
+        assert _close(t["answer_tokens_per_s"], t["answer_tokens"] / t["train_seconds"])
         assert 0 < t["utilisation_of_matmul_peak"] < 1.5
         assert _positive(t["memory"]["train_mib"]) and _positive(t["memory"]["process_max_rss_mib"])
-        assert _unit(t["f1_at_samples"]["f1"]) and _unit(t["f1_at_samples"]["parse_rate"])
-        assert t["f1_at_samples"]["samples"] == r["rows"]["samples"]
-        i = r["infer"][side]
-        assert i["sentences"] == r["rows"]["test"] and _positive(i["sentences_per_s"])
-        assert _unit(i["f1"]) and _unit(i["parse_rate"]) and _positive(i["memory"]["infer_mib"])
-    nerft = r["train"]["nerft"]
-    assert _positive(nerft["samples_per_s_at_samples"]) and _unit(nerft["f1_before_training"])
-    wall = nerft["f1_at_wall_budget"]
-    assert _unit(wall["f1"]) and wall["samples"] >= r["rows"]["samples"]
+        # F1 after the same number of samples, with each side's own reader and with the shared one.
+        q = t["f1_at_samples"]
+        assert q["samples"] == rows["samples"], side
+        for reader in (q, q["common_reader"]):
+            assert _unit(reader["f1"]) and _unit(reader["parse_rate"]), side
+    f1_rows = [line for line in table.splitlines() if line.startswith(f"| val F1 after {rows['samples']} samples")]
+    assert len(f1_rows) == 2  # own reader, same reader
+    assert f"{base['f1_at_samples']['f1']:.3f}" in f1_rows[0] and f"{ours['f1_at_samples']['f1']:.3f}" in f1_rows[0]
+    assert (f"{base['f1_at_samples']['common_reader']['f1']:.3f}" in f1_rows[1]
+            and f"{ours['f1_at_samples']['common_reader']['f1']:.3f}" in f1_rows[1])
+    assert abs(r["ratios"]["f1_at_samples_common_reader_minus_baseline"]
+               - (ours["f1_at_samples"]["common_reader"]["f1"] - base["f1_at_samples"]["common_reader"]["f1"])) < 1e-9
+    assert _unit(ours["f1_before_training"])
+
+    # Equal time: the reported gap is the difference of the two measured training times.
+    wall = ours["f1_at_wall_budget"]
+    assert _unit(wall["f1"]) and wall["samples"] >= rows["samples"]
+    assert _close(r["train_time_gap_s"], wall["train_seconds"] - base["train_seconds"], 1e-6)
+    assert f"gap {r['train_time_gap_s']:,.1f} s" in table
+
+    # (a) each user's own setup: the baseline runs its own adapter unmerged, nerft its own merged.
+    ib, inn = r["infer"]["baseline"], r["infer"]["nerft"]
+    assert ib["adapter"] == base["adapter"] and not ib["merged"]
+    assert inn["adapter"] == ours["adapter"] and inn["merged"]
+    # (b) equal work: the same merged adapter and budgets on both decoders; greedy decoding of the
+    # same model then gives the same answers, so the speeds compare the same work.
+    eq = r["infer"]["equal_work"]
+    eh, en = eq["model_generate"], eq["nerft"]
+    assert eh["adapter"] == en["adapter"] == ours["adapter"] and eh["merged"] and en["merged"]
+    assert eq["identical_answers"] == eq["sentences"] == rows["test"]
+    assert eh["generated_tokens"] == en["generated_tokens"] > 0
+    assert eh["answer_tokens"] == en["answer_tokens"]
+    for i in (ib, inn, eh, en):
+        assert i["sentences"] == rows["test"] and _unit(i["f1"]) and _unit(i["parse_rate"])
+        assert _close(i["sentences_per_s"], i["sentences"] / i["seconds"])
+        assert _close(i["answer_tokens_per_s"], i["answer_tokens"] / i["seconds"])
+        assert _positive(i["memory"]["infer_mib"])
+    for i in (eh, en):
+        assert _close(i["generated_tokens_per_s"], i["generated_tokens"] / i["seconds"])
+    assert _close(eq["sentences_per_s"], en["sentences_per_s"] / eh["sentences_per_s"])
+    assert f"| sentences/s ({rows['test']} test rows) | {eh['sentences_per_s']:,.3f} | {en['sentences_per_s']:,.3f}" in table
+    assert f"| sentences/s ({rows['test']} test rows) | {ib['sentences_per_s']:,.3f} | {inn['sentences_per_s']:,.3f}" in table
+    assert f"{eq['identical_answers']} of {eq['sentences']}" in table
     # nerft computes each system prompt once per micro-batch, so fewer positions per sample
-    assert nerft["tokens_computed_per_sample"] < r["train"]["baseline"]["tokens_computed_per_sample"]
+    assert ours["tokens_computed_per_sample"] < base["tokens_computed_per_sample"]
     for key, value in r["ratios"].items():
         assert isinstance(value, (int, float)), key
 

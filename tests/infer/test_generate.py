@@ -216,3 +216,34 @@ def test_one_generator_serves_concurrent_callers(tiny, sentences):
     with ThreadPoolExecutor(3) as pool:
         together = list(pool.map(lambda t: generator.generate_ids([t], constrained=True), sentences[:6]))
     assert together == alone
+
+
+def test_a_trained_model_ends_its_answers_itself_without_the_constraint(learned_run):
+    """A model that has learned its sentences writes <|im_end|> on its own: with constrained
+    decoding off, every answer ends at that stop token, well inside the budget, and the answer
+    is the training answer (not a loop cut at the budget)."""
+    from nerft.chat import encode_prompts, stop_token_ids
+    from nerft.data.example import read_examples
+    from nerft.infer.predict import load_for_inference
+    from nerft.prompt import format_answer
+
+    run, data, _ = learned_run
+    model, tokenizer, task = load_for_inference(str(run))
+    rows = list(read_examples(data / "test.jsonl"))
+    texts = [ex.text for ex in rows]
+    decoded = AnswerGenerator(model, tokenizer, task).decode(texts, DecodeOptions(constrained=False))
+    stops = sorted(stop_token_ids(tokenizer, model.generation_config))
+    prompts = encode_prompts(tokenizer, task, texts)
+    with torch.no_grad():
+        for text, prompt, ids in zip(texts, prompts, decoded.ids):
+            budget = answer_token_budget(text)
+            x = torch.tensor([prompt])
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                                 max_new_tokens=budget, eos_token_id=stops,
+                                 pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+            # The model's own greedy answer ends with a stop token before the budget runs out,
+            # and nerft's answer is that answer without its stop token.
+            assert out[-1] in stops and len(out) < budget, text
+            assert ids == out[:-1], text
+    right = sum(a == format_answer(ex.entities) for a, ex in zip(decoded.answers, rows))
+    assert right >= 0.9 * len(rows)
