@@ -216,9 +216,9 @@ def say(name: str, run: dict) -> None:
 
 
 def _write(results: dict, out_json: Path) -> None:
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    out_json.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
+    from bench.report import write_results
+
+    write_results(results, out_json, markdown(results))
 
 
 WHAT = {"base": "base ({base} sentences)", "selected": "+{add} selected (init_from base)",

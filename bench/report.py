@@ -1,6 +1,9 @@
-"""The markdown table of a bench/run.py result."""
+"""Markdown tables of bench results, and writing a result as JSON beside its table."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 
 def _num(x, digits=2) -> str:
@@ -123,3 +126,10 @@ def markdown_table(r: dict) -> str:
         "",
     ]
     return "\n".join(line for line in lines if line is not None)
+
+
+def write_results(results: dict, out_json: Path, markdown_text: str) -> None:
+    """A bench's JSON and its markdown table, side by side (rewritten as a long run goes on)."""
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    out_json.with_suffix(".md").write_text(markdown_text, encoding="utf-8")
