@@ -160,6 +160,10 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     if sampled.empty_kept < sampled.empty_before:
         console.print(sampled.describe(), highlight=False)
     val_rows = list(read_examples(config.data.dir / "val.jsonl"))
+    if not train_rows and sampled.empty_before:
+        raise TrainError(f"{config.data.dir / 'train.jsonl'}: no training row has an entity, and "
+                         f"data.max_empty_share={config.data.max_empty_share} keeps entity-free "
+                         "rows only beside rows with one; annotate entities or set data.max_empty_share=null")
     if not train_rows or not val_rows:
         raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows")
     labels = task_labels(config.data.dir, train_rows)
