@@ -4,15 +4,20 @@ from nerft.config import Config
 from nerft.train.workflow import train
 
 
-def test_training_stops_when_f1_stops_improving(tmp_path, tiny_model_dir, prepared):
-    config = Config.model_validate({
+def _config(prepared, model_dir, tmp_path, *, lr: float) -> Config:
+    """20 steps of 2 rows, validation on 2 sentences after every step, patience 2."""
+    return Config.model_validate({
         "data": {"dir": str(prepared), "train_limit": 40},
-        "model": {"source": str(tiny_model_dir)},
+        "model": {"source": str(model_dir)},
         "training": {"output_dir": str(tmp_path / "run"), "max_steps": 20, "batch_size": 2,
-                     "grad_accum": 1, "lr": 1e-5, "save_steps": 100},
+                     "grad_accum": 1, "lr": lr, "save_steps": 100},
         "eval": {"eval_steps": 1, "val_size": 2, "batch_size": 2, "early_stopping_patience": 2},
         "tracking": {"swanlab": "off"},
     })
+
+
+def test_training_stops_when_f1_stops_improving(tmp_path, tiny_model_dir, prepared):
+    config = _config(prepared, tiny_model_dir, tmp_path, lr=1e-5)
     summary = train(config)
     # A random tiny model at a tiny learning rate never finds an entity: F1 stays 0, so the
     # best is the first evaluation (step 0) and two evaluations without improvement end it.
@@ -51,14 +56,7 @@ def test_f1_that_improves_then_plateaus_stops_and_keeps_the_best_steps_weights(
         return {**scores, "f1": script[len(seen) - 1]}
 
     monkeypatch.setattr(trainer_module.Validation, "__call__", scripted)
-    config = Config.model_validate({
-        "data": {"dir": str(prepared), "train_limit": 40},
-        "model": {"source": str(tiny_model_dir)},
-        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 20, "batch_size": 2,
-                     "grad_accum": 1, "lr": 1e-2, "save_steps": 100},
-        "eval": {"eval_steps": 1, "val_size": 2, "batch_size": 2, "early_stopping_patience": 2},
-        "tracking": {"swanlab": "off"},
-    })
+    config = _config(prepared, tiny_model_dir, tmp_path, lr=1e-2)
     summary = train(config)
 
     assert summary.stopped_early and summary.steps == 4  # evaluations at 3 and 4 did not improve
