@@ -3,6 +3,7 @@
     python -m bench.curve                                    # 4 corpora x 160/640/2560 (hours on CPU)
     python -m bench.curve --corpus msra-sparse cluener-rare --sizes 160 --test 100
     python -m bench.curve --corpus ccfbdci --sizes 160 640 --name curve-ccfbdci
+    python -m bench.curve --corpus msra --sizes 640 --test 100 --resume   # add points to curve.json
 
 For each corpus: `nerft data prepare` on its files from $NERFT_DATA (into --work, never into the
 repository), a fixed test slice (the first --test rows of test.jsonl after a seeded shuffle), the untrained model's
@@ -71,8 +72,8 @@ def prepare_corpus(corpus: Corpus, out: Path, *, max_rows: int, seed: int = 42) 
     from nerft.data.prepare import prepare, write_prepared
 
     folder = out / corpus.name
-    if (folder / "stats.json").is_file():
-        return folder
+    if (folder / "stats.json").is_file() and _rows(folder / "train.jsonl") >= max_rows:
+        return folder  # a longer preparation starts with the same rows (the same seeded shuffles)
     prep = prepare([data_root() / f for f in corpus.files], user_label_map=corpus.label_map or None)
     write_prepared(prep, folder, ratios=(0.7, 0.15, 0.15), seed=seed)
     rng = random.Random(seed)
@@ -86,6 +87,11 @@ def prepare_corpus(corpus: Corpus, out: Path, *, max_rows: int, seed: int = 42) 
             rows = _with_entity_free_share(rows, corpus.entity_free_share, rng)
         write_jsonl(path, (ex.to_dict() for ex in rows[:max_rows]))
     return folder
+
+
+def _rows(path: Path) -> int:
+    with path.open(encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _with_entity_free_share(rows, share: float, rng: random.Random) -> list:
@@ -140,15 +146,20 @@ def main(argv=None) -> dict:
     p.add_argument("--name", default="curve")
     p.add_argument("--work", type=Path, default=Path("/tmp/nerft-curve"))
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--resume", action="store_true", help="add to <name>.json: keep its points "
+                   "(same recipe and test slice) and measure only the missing ones")
     args = p.parse_args(argv)
     if args.model:
         args.set = [f"model.source={args.model}", *args.set]
 
-    results = {"command": "python -m bench.curve " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+    command = "python -m bench.curve " + " ".join(argv if argv is not None else os.sys.argv[1:])
+    results = {"command": command,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_facts(),
                "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
                "overrides": args.set, "test_rows": args.test, "corpora": {}}
     out_json = args.out / f"{args.name}.json"
+    if args.resume and out_json.is_file():
+        results = _resumed(json.loads(out_json.read_text(encoding="utf-8")), results)
     prepared = {}
     for name in args.corpus:  # zero-shot first, then each size over all corpora: a long run
         corpus = CORPORA[name]  # stopped early still has every corpus at the smaller sizes
@@ -158,12 +169,17 @@ def main(argv=None) -> dict:
         prepared[name] = folder, test, labels
         row = {"published": corpus.published, "test_entities": sum(len(ex.entities) for ex in test),
                "test_entity_free": sum(1 for ex in test if not ex.entities), "points": {}}
+        kept = results["corpora"].get(name, {}).get("points", {})
+        row["points"].update(kept)
         results["corpora"][name] = row
-        row["points"]["0"] = f1_on(_model_source(args, folder), test, labels, batch_size=16)
-        _say(name, 0, row["points"]["0"])
-        _write(results, out_json)
+        if "0" not in kept:
+            row["points"]["0"] = f1_on(_model_source(args, folder), test, labels, batch_size=16)
+            _say(name, 0, row["points"]["0"])
+            _write(results, out_json)
     for size in args.sizes:
         for name, (folder, test, labels) in prepared.items():
+            if str(size) in results["corpora"][name]["points"]:
+                continue  # kept from the file being resumed
             point = run_point(folder, size, args, args.work)
             point.update(f1_on(point["run"], test, labels, batch_size=16))
             results["corpora"][name]["points"][str(size)] = point
@@ -171,6 +187,18 @@ def main(argv=None) -> dict:
             _write(results, out_json)  # a long run keeps what it measured so far
     _write(results, out_json)
     return results
+
+
+def _resumed(old: dict, new: dict) -> dict:
+    """`new` carrying `old`'s points; refuses to mix different recipes or test slices."""
+    for key in ("config", "overrides", "test_rows"):
+        if old.get(key) != new[key]:
+            raise SystemExit(f"--resume: {key} differs from the file's ({old.get(key)!r} there, "
+                             f"{new[key]!r} now); use another --name")
+    commands = old.get("commands") or [{"command": old["command"], "date": old["date"]}]
+    new["commands"] = [*commands, {"command": new["command"], "date": new["date"]}]
+    new["corpora"] = old["corpora"]
+    return new
 
 
 def _model_source(args, folder: Path) -> str:
@@ -196,9 +224,11 @@ def markdown(results: dict) -> str:
     sizes = sorted({int(s) for row in results["corpora"].values() for s in row["points"]})
     head = "| corpus (test rows: entities / without any) | " + " | ".join(
         "zero-shot" if s == 0 else f"{s} sentences" for s in sizes) + " | published, full data |"
-    lines = [f"`{results['command']}` ({results['date']}, recipe {results['config']} "
-             f"{' '.join(results['overrides'])}); strict micro F1 on the first {results['test_rows']} "
-             "test sentences; training minutes in brackets", "", head,
+    runs = results.get("commands") or [{"command": results["command"], "date": results["date"]}]
+    lines = [", then ".join(f"`{r['command']}` ({r['date']})" for r in runs)
+             + f"; recipe {results['config']} {' '.join(results['overrides'])}; strict micro F1 on "
+             f"the first {results['test_rows']} test sentences; training minutes in brackets",
+             "", head,
              "|" + "---|" * (len(sizes) + 2)]
     for name, row in results["corpora"].items():
         cells = []

@@ -40,21 +40,34 @@ def test_sparse_corpora_have_mostly_entity_free_sentences(shared_data, tmp_path,
     assert sum(1 for ex in rows if not ex.entities) / len(rows) > 0.6
 
 
-def test_curve_writes_every_point(tmp_path, tiny_model_dir, curve_env):
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.curve", "--corpus", "cluener-rare", "--sizes", "8", "16",
-         "--test", "6", "--model", str(tiny_model_dir), "--name", "ci", "--out", str(tmp_path / "out"),
-         "--work", str(tmp_path / "work")],
-        cwd=REPO, env=curve_env, capture_output=True, text=True, timeout=600)
+def test_curve_writes_every_point_and_resumes(tmp_path, tiny_model_dir, curve_env):
+    def curve(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "bench.curve", "--corpus", "cluener-rare", "--test", "6",
+             "--model", str(tiny_model_dir), "--name", "ci", "--out", str(tmp_path / "out"),
+             "--work", str(tmp_path / "work"), *extra],
+            cwd=REPO, env=curve_env, capture_output=True, text=True, timeout=600)
+
+    first = curve("--sizes", "8")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = json.loads((tmp_path / "out" / "ci.json").read_text(encoding="utf-8"))
+    done = curve("--sizes", "8", "16", "--resume")  # measures 16 only, keeps zero-shot and 8
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "ci.json").read_text(encoding="utf-8"))
     points = r["corpora"]["cluener-rare"]["points"]
     assert sorted(points, key=int) == ["0", "8", "16"]
+    old_points = before["corpora"]["cluener-rare"]["points"]
+    assert points["0"] == old_points["0"] and points["8"] == old_points["8"]
+    assert [c["command"] for c in r["commands"]] == [before["command"], r["command"]]
     for size in ("8", "16"):
         assert points[size]["steps"] >= 1 and points[size]["train_seconds"] > 0
         assert 0.0 <= points[size]["f1"] <= 1.0
         assert Path(points[size]["run"], "best").is_dir()  # the scored adapter is the run's best/
     table = (tmp_path / "out" / "ci.md").read_text(encoding="utf-8")
-    assert "| cluener-rare (" in table and "16 sentences" in table and r["command"] in table
+    assert "| cluener-rare (" in table and "16 sentences" in table
+    assert before["command"] in table and r["command"] in table
     assert (tmp_path / "out" / "ci.png").stat().st_size > 1000
-    assert f"{points['8']['f1']:.3f}" in done.stdout
+    assert f"{points['16']['f1']:.3f}" in done.stdout and "    8 sentences" not in done.stdout
+
+    other_slice = curve("--sizes", "8", "--test", "5", "--resume")
+    assert other_slice.returncode != 0 and "test_rows differs" in other_slice.stderr
