@@ -166,6 +166,16 @@ class RunDir:
         limit = (self.raw_config().get("data") or {}).get("train_limit")
         return path, limit
 
+    def validation_rows_file(self) -> Path:
+        """The val.jsonl this run validated on (for a child whose new data has none)."""
+        data_dir = self.info().get("data_dir")
+        if not data_dir:
+            raise RunDirError(f"{self.run_json}: no data_dir recorded")
+        path = Path(data_dir) / "val.jsonl"
+        if not path.is_file():
+            raise RunDirError(f"{path}: the validation data of {self.path} is gone")
+        return path
+
     def recover_best(self) -> None:
         """Finish a `best/` swap that a kill interrupted (see `replace_folder`)."""
         recover_folder(self.best, self.best_staging, self.best_old)

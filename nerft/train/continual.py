@@ -81,6 +81,17 @@ def open_parent(config: Config) -> RunDir | None:
     return parent
 
 
+def parent_validation_rows(config: Config) -> tuple[list[Example], Path]:
+    """The parent's validation rows, for new data without any (a handful of corrections): the
+    child is then chosen by how well it keeps doing the parent's job."""
+    parent = open_parent(config)
+    try:
+        path = parent.validation_rows_file()
+    except RunDirError as e:
+        raise ContinueError(f"init_from: {config.data.dir / 'val.jsonl'} has no rows and {e}") from None
+    return list(read_examples(path)), path
+
+
 def replay_rows(parent_rows: list[Example], new_count: int, share: float, seed: int) -> list[Example]:
     """`share` of the mixed training set drawn from `parent_rows`: round(new * share / (1 -
     share)) rows (at most all of them), sampled with `seed` and kept in file order."""

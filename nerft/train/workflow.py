@@ -159,17 +159,24 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     train_rows, sampled = cap_empty_share(train_rows, config.data.max_empty_share, t.seed)
     if sampled.empty_kept < sampled.empty_before:
         console.print(sampled.describe(), highlight=False)
-    val_rows = list(read_examples(config.data.dir / "val.jsonl"))
+    val_rows, val_path = list(read_examples(config.data.dir / "val.jsonl")), None
+    if not val_rows and config.init_from is not None:
+        val_rows, val_path = continual.parent_validation_rows(config)
+        console.print(f"{config.data.dir / 'val.jsonl'} has no rows: validating on the parent's "
+                      f"{len(val_rows):,} ({val_path})", highlight=False, soft_wrap=True)
     if not train_rows and sampled.empty_before:
         raise TrainError(f"{config.data.dir / 'train.jsonl'}: no training row has an entity, and "
                          f"data.max_empty_share={config.data.max_empty_share} keeps entity-free "
                          "rows only beside rows with one; annotate entities or set data.max_empty_share=null")
     if not train_rows or not val_rows:
-        raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows")
+        raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows (with "
+                         "init_from, an empty val.jsonl means the parent's validation rows)")
     labels = task_labels(config.data.dir, train_rows)
     lineage = continual.start(config, train_rows, labels, console)  # None without init_from
     if lineage is not None:
         train_rows, labels = train_rows + lineage.replay, lineage.labels
+        if val_path is not None:
+            lineage.info["validation_rows_from"] = str(val_path.resolve())
     try:
         task = Task(labels)
     except ValueError as e:

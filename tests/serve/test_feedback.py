@@ -149,58 +149,23 @@ def test_size_cap_stops_logging_but_not_serving(start_server, tmp_path):
 def test_page_correction_reaches_the_feedback_log(logged_server, logs, browser):
     """Remove every entity the model gave, add two by selecting text, relabel one, send."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bench.live import Page
 
     sentence = "小明在广州的长隆乐园玩。"
-    browser.get(logged_server.url + "/")
-    wait = WebDriverWait(browser, 60)
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#legend span")) == 4)
-    browser.execute_script("document.getElementById('text').value = arguments[0];", sentence)
-    browser.find_element(By.ID, "run").click()
-    wait.until(lambda d: d.find_element(By.ID, "send").is_displayed())
-
-    def fix_with(button_css):
-        wait.until(lambda d: d.find_element(By.ID, "fix").is_displayed())
-        browser.find_element(By.CSS_SELECTOR, button_css).click()
-
-    while marks := browser.find_elements(By.CSS_SELECTOR, "#result mark"):
-        marks[0].click()
-        fix_with("#fix-remove")
+    page = Page(browser, logged_server.url, timeout=60)
+    page.find(sentence)
+    page.remove_all()
     assert browser.find_element(By.ID, "result").text == sentence
 
-    def select(start, end):
-        # Select characters [start, end) of the sentence in #result, as a mouse drag would.
-        browser.execute_script("""
-            const walker = document.createTreeWalker(document.getElementById('result'), NodeFilter.SHOW_TEXT);
-            let node = walker.nextNode(), at = 0, a = null, b = null;
-            for (; node; node = walker.nextNode()) {
-              if (node.parentNode.tagName === 'SUP') continue;
-              const n = node.textContent.length;
-              if (a === null && arguments[0] < at + n) a = [node, arguments[0] - at];
-              if (b === null && arguments[1] <= at + n) b = [node, arguments[1] - at];
-              at += n;
-            }
-            const range = document.createRange();
-            range.setStart(a[0], a[1]); range.setEnd(b[0], b[1]);
-            const sel = window.getSelection(); sel.removeAllRanges(); sel.addRange(range);
-            document.getElementById('result').dispatchEvent(new MouseEvent('mouseup', {bubbles: true}));
-        """, start, end)
+    page.add(0, 2, "人名")
+    page.add(3, 5, "地理实体")
+    page.click_mark(1)  # change the label of 广州: click it, choose 地点
+    page.choose('#fix-labels button[data-label="地点"]')
+    page.add(6, 10, "组织")
+    assert [(m["start"], m["label"]) for m in page.marks()] == [(0, "人名"), (3, "地点"), (6, "组织")]
 
-    select(0, 2)
-    fix_with('#fix-labels button[data-label="人名"]')
-    select(3, 5)
-    fix_with('#fix-labels button[data-label="地理实体"]')
-    # Change the label of 广州: click it, choose 地点.
-    browser.find_elements(By.CSS_SELECTOR, "#result mark")[1].click()
-    fix_with('#fix-labels button[data-label="地点"]')
-    select(6, 10)
-    fix_with('#fix-labels button[data-label="组织"]')
-    marks = browser.find_elements(By.CSS_SELECTOR, "#result mark")
-    assert [(m.get_attribute("data-start"), m.get_attribute("data-label")) for m in marks] == [
-        ("0", "人名"), ("3", "地点"), ("6", "组织")]
-
-    browser.find_element(By.ID, "send").click()
-    wait.until(lambda d: "correction stored" in d.find_element(By.ID, "status").text)
+    assert "correction stored" in page.send()
     row = read_jsonl(logs / "feedback.jsonl")[-1]
     assert row["text"] == sentence and row["request_id"]
     assert row["entities"] == [{"start": 0, "end": 2, "label": "人名", "text": "小明"},

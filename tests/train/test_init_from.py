@@ -10,7 +10,7 @@ from nerft.config import Config, ConfigError, load_config
 from nerft.data.example import Example, Span, write_jsonl
 from nerft.run_dir import RunDir
 from nerft.train.continual import ContinueError, replay_rows
-from nerft.train.workflow import train
+from nerft.train.workflow import TrainError, train
 
 PARENT_ROWS = [
     ("张三在北京工作。", [(0, 2, "人名"), (3, 5, "地点")]),
@@ -47,6 +47,8 @@ def _write(folder, rows, labels, val_rows=None):
     write_jsonl(folder / "train.jsonl", (ex.to_dict() for ex in exs))
     if val_rows is None:
         write_jsonl(folder / "val.jsonl", (ex.to_dict() for ex in exs))
+    elif val_rows == "empty":  # as `nerft data prepare --split 1,0,0` writes a few corrections
+        (folder / "val.jsonl").write_text("", encoding="utf-8")
     else:
         shutil.copy(val_rows, folder / "val.jsonl")
     (folder / "stats.json").write_text(json.dumps({"labels": labels}, ensure_ascii=False))
@@ -100,6 +102,23 @@ def test_child_starts_at_its_parents_validation_loss_and_records_lineage(parent,
     assert lineage["parent_data_sha256"] == RunDir(parent_run).info()["data_sha256"]
     assert info["labels"] == ["人名", "地点"] and lineage["new_labels"] == [] == list(summary.new_labels)
     assert RunDir(child).parent().path == parent_run.resolve()
+
+
+def test_new_data_without_validation_rows_validates_on_the_parents(parent, tmp_path, tiny_model_dir):
+    parent_run, old = parent
+    new = _write(tmp_path / "corrections", MORE_ROWS[:2], ["人名", "地点"], val_rows="empty")
+    config = _config(new, tiny_model_dir, tmp_path / "child", eval__at_start=True,
+                     training__max_steps=1, eval__eval_steps=1)
+    config.init_from = parent_run
+    train(config)
+    assert abs(_eval_losses(tmp_path / "child")[0] - _eval_losses(parent_run)[4]) < 1e-5
+    lineage = RunDir(tmp_path / "child").info()["init_from"]
+    assert lineage["validation_rows_from"] == str((old / "val.jsonl").resolve())
+    assert lineage["new_rows"] == 2
+
+    no_parent = _config(new, tiny_model_dir, tmp_path / "alone")
+    with pytest.raises(TrainError, match="must both have rows .*init_from"):
+        train(no_parent)
 
 
 def test_labels_the_parent_never_saw_are_added_after_its_own(parent, tmp_path, tiny_model_dir):
