@@ -242,7 +242,8 @@ def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[st
                   for name in ("train.jsonl", "val.jsonl", "test.jsonl")
                   if (config.data.dir / name).is_file()}
     info = {
-        "data_dir": str(config.data.dir),
+        # Absolute: a child run (init_from) started from another folder must find the rows.
+        "data_dir": str(Path(config.data.dir).resolve()),
         "data_sha256": data_files,
         "labels": labels,
         "seed": config.training.seed,

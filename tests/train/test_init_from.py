@@ -185,3 +185,19 @@ def test_a_full_parent_cannot_grow_an_adapter(learned_run, tmp_path):
     config.init_from = parent_run
     with pytest.raises(ContinueError, match="method.kind=full or freeze"):
         train(config)
+
+
+def test_a_parent_trained_on_a_relative_data_dir_is_found_from_elsewhere(tmp_path, tiny_model_dir, monkeypatch):
+    root = tmp_path / "project"
+    _write(root / "old", PARENT_ROWS, ["人名", "地点"])
+    monkeypatch.chdir(root)
+    train(_config("old", tiny_model_dir, root / "run", training__max_steps=1, eval__eval_steps=1000))
+    assert RunDir(root / "run").info()["data_dir"] == str(root / "old")  # recorded absolute
+
+    monkeypatch.chdir(tmp_path)  # the child starts from another folder
+    new = _write(tmp_path / "corrections", MORE_ROWS[:2], ["人名", "地点"], val_rows="empty")
+    config = _config(new, tiny_model_dir, tmp_path / "child", training__max_steps=1, eval__eval_steps=1000)
+    config.init_from = root / "run"
+    train(config)
+    lineage = RunDir(tmp_path / "child").info()["init_from"]
+    assert lineage["replay_rows"] == 1 and lineage["validation_rows_from"] == str(root / "old" / "val.jsonl")
