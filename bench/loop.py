@@ -111,6 +111,8 @@ def main(argv=None) -> dict:
     p.add_argument("--work", type=Path, default=Path("/tmp/nerft-loop"))
     p.add_argument("--corrections", type=int, default=2)
     p.add_argument("--candidates", type=int, default=64, help="unseen sentences sent to the service")
+    p.add_argument("--sentences", type=Path, default=None, help="annotated canonical .jsonl to "
+                   "draw them from (default: the demo corpus's test file, minus the demo's data)")
     p.add_argument("--set", nargs="*", default=["training.epochs=8"], metavar="KEY=VALUE",
                    help="overrides of the child's recipe (configs/demo-cpu.yaml)")
     p.add_argument("--max-drop", type=float, default=1.0)
@@ -129,7 +131,12 @@ def main(argv=None) -> dict:
     if args.demo is None:
         nerft(["demo", "--out", str(demo)], steps, "train (nerft demo)")
     parent, demo_data = demo / "run", demo / "data"
-    candidates = unseen_sentences(demo_data, work, args.candidates)
+    if args.sentences:
+        from nerft.data.example import read_examples
+
+        candidates = list(read_examples(args.sentences))[:args.candidates]
+    else:
+        candidates = unseen_sentences(demo_data, work, args.candidates)
 
     logs = work / "logs"
     logs.mkdir(exist_ok=True)

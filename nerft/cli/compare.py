@@ -75,7 +75,7 @@ def compare(
         console.print(f"{r.name}: {r.sentences} sentences, strict F1 {name_a} {r.f1_a:.2f} → "
                       f"{name_b} {r.f1_b:.2f} ({r.delta:+.2f}, 95% CI [{r.ci_low:+.2f}, "
                       f"{r.ci_high:+.2f}])", highlight=False, soft_wrap=True)
-    console.print(f"report: {md}", highlight=False)
+    console.print(f"report: {md}", highlight=False, soft_wrap=True)
     console.print(verdict.reason, highlight=False, soft_wrap=True)
     if not verdict.passed:
         raise typer.Exit(1)
