@@ -105,6 +105,10 @@ class StepLog:
         self.lora_seed = lora_seed  # both sides: the same LoRA starting weights (same_lora_init)
         self.on_eval = on_eval  # extra scoring at each evaluation: on_eval(model) -> dict
         self.lora_init_checksum: float | None = None
+        # sum of |A| per LoRA matrix, keyed by its name from `layers.` on: sides that adapt
+        # different layers (method.top_k_layers) are compared on the matrices they share
+        self.lora_init_by_matrix: dict[str, float] = {}
+        self.trainable_parameters: int | None = None
         self.phase: str | None = None  # "train" or "eval" while the trainer is in one
         self.samples_per_step = samples_per_step
         self.count_flops = count_flops
@@ -143,11 +147,12 @@ class StepLog:
         }
 
 
-def same_lora_init(model, seed: int) -> float:
+def same_lora_init(model, seed: int, by_matrix: dict[str, float] | None = None) -> float:
     """Give every LoRA matrix a starting value that depends only on `seed` and the layer's name
     from `layers.` on (A: PEFT's own Kaiming-uniform rule, B: zeros), so the baseline and nerft
     start from identical adapters whatever each built in between. Returns a checksum (sum of
-    |A|) that the report compares between sides."""
+    |A|) that the report compares between sides; `by_matrix`, when given, receives each A's
+    own sum of |A| under that name."""
     import math
     import zlib
 
@@ -165,6 +170,8 @@ def same_lora_init(model, seed: int) -> float:
             torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
             p.copy_(w.to(p.dtype))
             total += float(w.abs().sum())
+            if by_matrix is not None:
+                by_matrix[key] = float(w.abs().sum())
     return total
 
 
@@ -203,7 +210,10 @@ def instrumented(trainer_cls, log: StepLog):
             super().__init__(*args, **kwargs)
             self.add_callback(Clock())
             if log.lora_seed is not None:
-                log.lora_init_checksum = same_lora_init(self.model, log.lora_seed)
+                log.lora_init_checksum = same_lora_init(self.model, log.lora_seed,
+                                                        log.lora_init_by_matrix)
+            log.trainable_parameters = sum(p.numel() for p in self.model.parameters()
+                                           if p.requires_grad)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             log.tokens_computed += int(inputs["input_ids"].numel())

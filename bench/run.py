@@ -83,14 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_folder(model: str) -> tuple[str, Path]:
+def model_folder(model: str, tiny_layers: int = 2) -> tuple[str, Path]:
     """(source nerft is given, folder the baseline loads)."""
     from nerft.model import resolve_model
 
     if model == "tiny":
         from nerft.tiny import tiny_qwen2
 
-        folder = tiny_qwen2()
+        folder = tiny_qwen2(layers=tiny_layers)
         return str(folder), folder
     return model, resolve_model(model)
 
@@ -126,18 +126,43 @@ def write_work(work: Path, rows: dict) -> None:
         write_jsonl(work / file, (rows["raw"][ex.text] for ex in rows[name]))
 
 
-def run_side(role: str, spec: dict, work: Path) -> dict:
-    spec_path, out_path, log_path = work / f"{role}.spec.json", work / f"{role}.json", work / f"{role}.log"
+def prepare_work(args, tiny_layers: int = 2) -> tuple[Path, dict, dict]:
+    """Select the rows, write them to the scratch folder; return (work, rows, the spec every
+    side reads). Shared by bench.run and bench.levers."""
+    source, folder = model_folder(args.model, tiny_layers)
+    rows = select_rows(args.data, args)
+    work = args.work or Path(tempfile.mkdtemp(prefix="nerft-bench-"))
+    write_work(work, rows)
+    spec = {"work": str(work), "model_source": source, "model_folder": str(folder),
+            "labels": rows["labels"], "samples": args.samples, "seed": 42,
+            "count_flops": not args.no_flops, "threads": args.threads,
+            "max_new_tokens": args.max_new_tokens,
+            # A random model never stops: --quick caps nerft's per-sentence budget (same cap
+            # on every side that uses it) so the quick bench stays quick.
+            "budget_cap": args.max_new_tokens if args.quick else None,
+            "nerft_max_steps": len(rows["train"]) // 16}
+    return work, rows, spec
+
+
+class SideFailed(SystemExit):
+    """A side's process failed. A SystemExit, so that bench.run stops with the log tail;
+    bench.levers catches it and reports the failure in that lever's row."""
+
+
+def run_side(role: str, spec: dict, work: Path, tag: str | None = None) -> dict:
+    """Run one side in its own process; `tag` names its files (default: the role)."""
+    tag = tag or role
+    spec_path, out_path, log_path = work / f"{tag}.spec.json", work / f"{tag}.json", work / f"{tag}.log"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-    print(f"[bench] {role} ... (log: {log_path})", file=sys.stderr, flush=True)
+    print(f"[bench] {tag} ... (log: {log_path})", file=sys.stderr, flush=True)
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         done = subprocess.run([sys.executable, "-m", "bench.sides", role, str(spec_path), str(out_path)],
                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise SystemExit(f"[bench] {role} failed (exit {done.returncode}); log tail:\n{tail}")
-    print(f"[bench] {role} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        raise SideFailed(f"[bench] {tag} failed (exit {done.returncode}); log tail:\n{tail}")
+    print(f"[bench] {tag} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return json.loads(out_path.read_text(encoding="utf-8"))
 
 
@@ -179,18 +204,8 @@ def main(argv=None) -> dict:
     heavy = other_heavy_processes()
     facts = machine_facts()
     peak = matmul_peak_gflops(1024 if args.quick else 2048, 1.0 if args.quick else 3.0)
-    source, folder = model_folder(args.model)
-    rows = select_rows(args.data, args)
-    work = args.work or Path(tempfile.mkdtemp(prefix="nerft-bench-"))
-    write_work(work, rows)
-    spec = {"work": str(work), "model_source": source, "model_folder": str(folder),
-            "labels": rows["labels"], "samples": args.samples, "seed": 42,
-            "count_flops": not args.no_flops, "threads": args.threads,
-            "max_new_tokens": args.max_new_tokens,
-            # A random model never stops: --quick caps nerft's per-sentence budget (same cap
-            # on every side that uses it) so the quick bench stays quick.
-            "budget_cap": args.max_new_tokens if args.quick else None,
-            "nerft_max_steps": len(rows["train"]) // 16}
+    work, rows, spec = prepare_work(args)
+    folder = spec["model_folder"]
 
     base = run_side("train-baseline", spec, work)
     budget = None if args.no_equal_time else base["train_seconds"]

@@ -139,6 +139,13 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
     model.config.use_cache = True
     adapter = Path(spec["work"]) / "baseline-adapter"
     model.save_pretrained(adapter)
+    trained = {"tokenise_seconds": tokenise_s, "tokenise_rows": len(tok_rows),
+               "truncated_rows": truncated, **log.summary(), "order": order,
+               "lora_init_checksum": log.lora_init_checksum,
+               "lora_init_by_matrix": log.lora_init_by_matrix,
+               "trainable_parameters": log.trainable_parameters, "adapter": str(adapter)}
+    if not spec.get("baseline_f1", True):  # bench.levers: its speed only (decoding is slow)
+        return {**trained, "f1_at_samples": None}
     val = _load(spec, "val.jsonl")
     with rss.phase("eval"):
         # Its own reader: the example's decoding (512 tokens, its stop rule) and format.
@@ -149,9 +156,7 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
                "eval_seconds": time.perf_counter() - start}
         common = common_reader(spec, model, tokenizer, baseline_prompts(tokenizer, [ex.text for ex in val]),
                                val, task.labels)
-    return {"tokenise_seconds": tokenise_s, "tokenise_rows": len(tok_rows),
-            "truncated_rows": truncated, **log.summary(), "order": order,
-            "lora_init_checksum": log.lora_init_checksum, "adapter": str(adapter),
+    return {**trained,
             "f1_at_samples": {"samples": log.summary()["samples"], **own, "common_reader": common}}
 
 
@@ -160,7 +165,7 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
     from transformers import AutoTokenizer
 
     import nerft.train.workflow as workflow
-    from nerft.config import Config
+    from nerft.config import Config, apply_override
     from nerft.train.encode import encode_examples
 
     task = Task(tuple(spec["labels"]))
@@ -178,11 +183,12 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
     from nerft.chat import encode_prompts
 
     val_prompts = encode_prompts(tokenizer, task, [ex.text for ex in val])
+    with_common = spec.get("common_reader", True)
     log = StepLog(16, spec["count_flops"], wall_budget_s=budget, rss=rss,
                   eval_at_steps={0, steps_at_samples}, min_steps=steps_at_samples,
                   lora_seed=spec["seed"],
-                  on_eval=lambda model: common_reader(spec, model, tokenizer, val_prompts, val,
-                                                      task.labels))
+                  on_eval=(lambda model: common_reader(spec, model, tokenizer, val_prompts, val,
+                                                       task.labels)) if with_common else None)
     order: list[str] = []
 
     class RecordingCollator(workflow.PackedCollator):
@@ -194,18 +200,25 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
     workflow.NerTrainer = instrumented(workflow.NerTrainer, log)
     workflow.PackedCollator = RecordingCollator
     work = Path(spec["work"])
-    config = Config.model_validate({
+    raw = {
         "data": {"dir": str(work / "data"), "max_length": 384},
         "model": {"source": spec["model_source"], "dtype": "auto"},
         "method": {"kind": "lora", "lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.1},
-        "training": {"output_dir": str(work / "nerft-run"), "max_steps": max_steps,
+        "training": {"output_dir": str(work / spec.get("nerft_run_dir", "nerft-run")),
+                     "max_steps": max_steps,
                      "batch_size": 16, "grad_accum": 1, "lr": 1e-4, "scheduler": "constant",
                      "warmup_ratio": 0.0, "gradient_checkpointing": False,
                      "packing": "shared_prefix", "seed": spec["seed"], "save_steps": 10**6},
         "eval": {"eval_steps": max(steps_at_samples, 1), "val_size": 10**6,
-                 "batch_size": EVAL_BATCH, "early_stopping_patience": None, "log_predictions": 0},
+                 "batch_size": EVAL_BATCH, "early_stopping_patience": None, "log_predictions": 0,
+                 "at_start": spec.get("eval_before_training", True)},
         "tracking": {"swanlab": "off"},
-    })
+    }
+    # bench.levers: one setting changed (e.g. method.lora_dropout=0), parsed as `nerft train`
+    # parses its command-line overrides; everything else stays as above.
+    for item in spec.get("nerft_overrides", ()):
+        apply_override(raw, item)
+    config = Config.model_validate(raw)
     summary = workflow.train(config, console=Console(stderr=True))
     result = log.summary()
     by_step = {e["step"]: e for e in result["evaluations"]}
@@ -219,6 +232,9 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
             "f1_at_samples": {"samples": steps_at_samples * 16, **at_samples},
             "f1_at_wall_budget": result["evaluations"][-1] if budget else None,
             "lora_init_checksum": log.lora_init_checksum,
+            "lora_init_by_matrix": log.lora_init_by_matrix,
+            "trainable_parameters": log.trainable_parameters,
+            "config": config.model_dump(mode="json"),
             "adapter": str(summary.run_dir / "final")}
 
 

@@ -1,0 +1,272 @@
+"""Training-speed levers, one row each, in one bench run (issue 16).
+
+    python -m bench.levers --quick                        # tiny random model, a few minutes (CI)
+    python -m bench.levers --model demo --samples 256 --val 100
+
+One invocation prepares the rows once (bench.run.prepare_work), trains the worked example's
+recipe once (bench.sides train-baseline: its speed, and its F1 unless --no-baseline-f1) and
+nerft's side once per lever, each in its own process, every one over the same first N training
+samples in the same order from the same LoRA starting weights (same_lora_init seeds each LoRA
+matrix by its layer name, so a side that adapts fewer layers starts from the same values on the
+layers it shares). A lever is one `nerft train` override set on top of the bench's nerft
+settings; each row reports samples/s, answer tokens/s, GFLOP/s and its share of the fp32 matmul
+peak measured in the same run, validation F1 after the same samples (nerft's constrained
+decoder, and the reader shared with the baseline), peak RSS while training, and samples/s as a
+multiple of the baseline's. A lever whose process fails gets a row with its error; the others
+still run. Writes bench/results/<name>.json and .md (rewritten after every side) and prints
+the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from bench.facts import machine_facts, matmul_peak_gflops, other_heavy_processes
+from bench.report import write_results
+from bench.run import REPO, SideFailed, data_dir, prepare_work, ratio, run_side
+
+# name -> the `nerft train` overrides it sets; besides these, `top-K` (any K) adapts the top K
+# blocks only, and `combined` is lora_dropout=0 with the top --combined-top-k blocks.
+LEVERS: dict[str, list[str]] = {
+    "default": [],
+    "dropout-0": ["method.lora_dropout=0"],
+    "packing-flat": ["training.packing=flat"],
+}
+FULL_LEVERS = ["default", "dropout-0", "top-16", "top-12", "top-8", "packing-flat", "combined"]
+# --quick: a tiny random model with 4 blocks (each block costs the baseline's checkpointed,
+# one-token-at-a-time decoding dearly), so its top-k lever is top-2
+QUICK_TINY_LAYERS = 4
+QUICK_LEVERS = ["default", "dropout-0", "top-2", "packing-flat", "combined"]
+
+
+def lever_name(name: str) -> str:
+    if name in LEVERS or name == "combined" or re.fullmatch(r"top-[1-9][0-9]*", name):
+        return name
+    raise argparse.ArgumentTypeError(
+        f"unknown lever {name!r}: choose from {', '.join(LEVERS)}, combined, top-K (e.g. top-8)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny random model (4 blocks), few steps")
+    p.add_argument("--model", default=None, help="'tiny', 'demo' or a model folder "
+                   "(default: tiny with --quick, else demo)")
+    p.add_argument("--name", default=None, help="results file name (default levers-quick or "
+                   "levers-<model>)")
+    p.add_argument("--samples", type=int, default=None, help="training samples per side, a "
+                   "multiple of 16 (default 16 quick, 256 full)")
+    p.add_argument("--val", type=int, default=None, help="validation rows (default 8 / 100)")
+    p.add_argument("--levers", nargs="+", type=lever_name, default=None, metavar="NAME",
+                   help=f"levers to run, in this order (default: {' '.join(FULL_LEVERS)}; "
+                        f"with --quick: {' '.join(QUICK_LEVERS)})")
+    p.add_argument("--combined-top-k", type=int, default=None,
+                   help="the top_k_layers of the `combined` lever (with lora_dropout=0; "
+                        "default 12, 2 with --quick)")
+    p.add_argument("--baseline-f1", action=argparse.BooleanOptionalAction, default=None,
+                   help="score the baseline's adapter too (its own slow 512-token decoding and "
+                        "the shared reader); default on with --quick, off otherwise")
+    p.add_argument("--no-common-reader", action="store_true", help="nerft rows: skip the "
+                   "shared unconstrained reader (one model.generate per row), constrained F1 only")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="the baseline decoder's "
+                   "budget (default 512; 16 with --quick, where a random model never stops)")
+    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--data", type=Path, default=None, help="ccfbdci.jsonl (default $NERFT_DATA)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.model = args.model or ("tiny" if quick else "demo")
+    args.name = args.name or ("levers-quick" if quick else f"levers-{Path(args.model).name}")
+    args.samples = args.samples or (16 if quick else 256)
+    args.val = args.val or (8 if quick else 100)
+    # --quick: a random model never stops, so every answer runs to this budget (the baseline's,
+    # and nerft's per-sentence budget capped at it on every reader)
+    args.max_new_tokens = args.max_new_tokens or (16 if quick else 512)
+    args.baseline_f1 = quick if args.baseline_f1 is None else args.baseline_f1
+    args.test = 0  # no inference here
+    args.tokenise_rows = 16  # tokenising is timed by bench.run, not here
+    if args.samples % 16:
+        p.error("--samples must be a multiple of 16 (one optimizer step is 16 samples on both sides)")
+    args.data = args.data or data_dir() / "ccfbdci" / "ccfbdci.jsonl"
+    args.levers = list(dict.fromkeys(args.levers or (QUICK_LEVERS if quick else FULL_LEVERS)))
+    args.combined_top_k = args.combined_top_k or (2 if quick else 12)
+    return args
+
+
+def overrides_of(name: str, combined_top_k: int) -> list[str]:
+    if name == "combined":
+        return ["method.lora_dropout=0", f"method.top_k_layers={combined_top_k}"]
+    if name.startswith("top-"):
+        return [f"method.top_k_layers={name.removeprefix('top-')}"]
+    return LEVERS[name]
+
+
+def shared_lora_start(base: dict, side: dict) -> bool:
+    """Every LoRA matrix this side adapts starts as the baseline's matrix of the same name."""
+    a, b = base.get("lora_init_by_matrix") or {}, side.get("lora_init_by_matrix") or {}
+    return bool(b) and all(k in a and abs(a[k] - v) <= 1e-6 * max(abs(v), 1.0) for k, v in b.items())
+
+
+def speed_row(side: dict, peak: float, base_samples_per_s: float | None) -> dict:
+    """The figures every row has, from a side's result (no wall budget: its whole run is the
+    first N samples)."""
+    gflops = side.get("achieved_gflop_per_s")
+    return {
+        "samples": side["samples"], "steps": side["steps"], "train_seconds": side["train_seconds"],
+        "samples_per_s": side["samples_per_s"], "answer_tokens": side["answer_tokens"],
+        "answer_tokens_per_s": side["answer_tokens_per_s"],
+        "tokens_computed_per_sample": side["tokens_computed_per_sample"],
+        "executed_gflop_per_sample": side["executed_gflop_per_sample"],
+        "achieved_gflop_per_s": gflops, "utilisation_of_matmul_peak": ratio(gflops, peak),
+        "trainable_parameters": side["trainable_parameters"],
+        "lora_matrices": len(side.get("lora_init_by_matrix") or {}),
+        "train_peak_rss_mib": side["memory"].get("train_mib"),
+        "samples_per_s_vs_baseline": ratio(side["samples_per_s"], base_samples_per_s),
+    }
+
+
+def nerft_row(name: str, overrides: list[str], side: dict, base: dict | None, peak: float,
+              samples: int) -> dict:
+    at = side["f1_at_samples"]
+    common = at.get("common_reader") or {}
+    return {
+        "lever": name, "overrides": overrides, "ok": True,
+        **speed_row(side, peak, base["samples_per_s"] if base else None),
+        "f1": at.get("f1"), "parse_rate": at.get("parse_rate"),
+        "f1_common_reader": common.get("f1"), "parse_rate_common_reader": common.get("parse_rate"),
+        "f1_samples": at.get("samples"),
+        "same_order_as_baseline": base is not None and side["order"][:samples] == base["order"][:samples],
+        "same_lora_start_as_baseline": base is not None and shared_lora_start(base, side),
+        "order": side["order"][:samples],
+        "method": side["config"]["method"], "packing": side["config"]["training"]["packing"],
+    }
+
+
+def _num(x, digits=2) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _f1(f1, parse) -> str:
+    return "-" if f1 is None else f"{f1:.3f} ({parse:.0%})"
+
+
+def markdown(r: dict) -> str:
+    m, peak = r["machine"], r["machine"]["matmul_fp32_peak"]["gflop_per_s"]
+    lines = [
+        f"# bench.levers: {r['name']} ({r['mode']}, model {r['model']['source']})", "",
+        f"{m['date']} · {m['cpu']} · {m['cores']} cores · torch {m['torch']} · transformers "
+        f"{m['transformers']} · peft {m['peft']} · fp32 matmul peak {peak:.0f} GFLOP/s · "
+        + ("**CONTENDED**: other heavy processes ran" if r["contention"]["contended"]
+           else "no other heavy process seen"), "",
+        f"Every row: the first {r['rows']['samples']} training samples, the same rows in the "
+        f"same order, 16 per optimizer step, from the same LoRA starting weights on the layers it "
+        f"adapts; validation F1 on {r['rows']['val']} rows after those samples. "
+        f"Command: `{r['command']}`.", "",
+        "| lever | settings | samples/s | x baseline | answer tokens/s | GFLOP/s (% of peak) "
+        "| trainable params | val F1, own reader (parse) | val F1, shared reader (parse) "
+        "| F1 - default | peak RSS training (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    default = next((x for x in r["levers"] if x["lever"] == "default" and x["ok"]), None)
+    for row in [r["baseline"], *r["levers"]]:
+        settings = "worked example's recipe" if row["lever"] == "baseline" else (
+            ", ".join(row["overrides"]) or "bench defaults")
+        if not row["ok"]:
+            lines.append(f"| {row['lever']} | {settings} | failed: {row['error_line']} "
+                         "| | | | | | | | |")
+            continue
+        g, u = row["achieved_gflop_per_s"], row["utilisation_of_matmul_peak"]
+        delta = ("-" if default is None or row["lever"] in ("baseline", "default")
+                 or row["f1"] is None else f"{row['f1'] - default['f1']:+.3f}")
+        lines.append(
+            f"| {row['lever']} | {settings} | {_num(row['samples_per_s'], 3)} "
+            f"| {_num(row['samples_per_s_vs_baseline'])} | {_num(row['answer_tokens_per_s'], 1)} "
+            f"| {'-' if g is None else f'{g:.1f} ({100 * u:.0f}%)'} | {row['trainable_parameters']:,} "
+            f"| {_f1(row['f1'], row['parse_rate'])} "
+            f"| {_f1(row['f1_common_reader'], row['parse_rate_common_reader'])} | {delta} "
+            f"| {_num(row['train_peak_rss_mib'], 0)} |")
+    lines += [
+        "",
+        "Own reader: the baseline decodes as the worked example does (up to "
+        f"{r['baseline_max_new_tokens']} tokens, its stop rule); nerft with its constrained "
+        "decoder. Shared reader: each side's own prompt, no constraint, greedy `model.generate` "
+        "with nerft's per-sentence budget and stop tokens, one parser. "
+        + ("" if r["baseline_f1"] else "The baseline's F1 was not measured (--no-baseline-f1). "),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def failed_row(name: str, overrides: list[str], error: SideFailed) -> dict:
+    text = str(error)
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), text)
+    return {"lever": name, "overrides": overrides, "ok": False, "error": text,
+            "error_line": last.replace("|", "/")[:200]}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    heavy = other_heavy_processes()
+    facts = machine_facts()
+    peak = matmul_peak_gflops(1024 if args.quick else 2048, 1.0 if args.quick else 3.0)
+    work, rows, spec = prepare_work(args, tiny_layers=QUICK_TINY_LAYERS)
+    spec = {**spec, "eval_before_training": False, "common_reader": not args.no_common_reader}
+    result = {
+        "name": args.name, "mode": "quick" if args.quick else "full",
+        "command": "python -m bench.levers " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model": {"source": args.model, "folder": spec["model_folder"]},
+        "machine": {**facts, "matmul_fp32_peak": peak},
+        "contention": {"other_heavy_processes_before": heavy, "contended": bool(heavy)},
+        "rows": {"samples": args.samples, "val": len(rows["val"]), "train_pool": len(rows["train"])},
+        "baseline_f1": args.baseline_f1, "baseline_max_new_tokens": args.max_new_tokens,
+        "baseline": None, "levers": [],
+    }
+    out = args.out / f"{args.name}.json"
+
+    def save():
+        if result["baseline"] is not None:
+            write_results(result, out, markdown(result))
+
+    base = None
+    try:
+        base = run_side("train-baseline", {**spec, "baseline_f1": args.baseline_f1}, work)
+        at = base["f1_at_samples"] or {}
+        common = at.get("common_reader") or {}
+        result["baseline"] = {
+            "lever": "baseline", "overrides": [], "ok": True, **speed_row(base, peak["gflop_per_s"], base["samples_per_s"]),
+            "f1": at.get("f1"), "parse_rate": at.get("parse_rate"),
+            "f1_common_reader": common.get("f1"), "parse_rate_common_reader": common.get("parse_rate"),
+            "order": base["order"][:args.samples]}
+    except SideFailed as e:  # the nerft rows still run; their ratios stay empty
+        result["baseline"] = failed_row("baseline", [], e)
+    save()
+    for name in args.levers:
+        overrides = overrides_of(name, args.combined_top_k)
+        lever_spec = {**spec, "nerft_overrides": overrides, "nerft_run_dir": f"nerft-{name}"}
+        try:
+            side = run_side("train-nerft", lever_spec, work, tag=f"lever-{name}")
+            result["levers"].append(nerft_row(name, overrides, side, base, peak["gflop_per_s"],
+                                              args.samples))
+        except SideFailed as e:
+            result["levers"].append(failed_row(name, overrides, e))
+        save()
+
+    heavy_after = other_heavy_processes()
+    result["contention"] = {"other_heavy_processes_before": heavy,
+                            "other_heavy_processes_after": heavy_after,
+                            "contended": bool(heavy or heavy_after)}
+    result["bench_seconds"] = time.perf_counter() - started
+    save()
+    table = markdown(result)
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""`python -m bench.levers --quick`: one row per lever plus the baseline, all on equal terms."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# top-8 cannot run on the 4-block tiny model: its row must report that, not end the run
+LEVERS = ["default", "dropout-0", "top-2", "top-8", "packing-flat", "combined"]
+
+
+def _close(a, b, rel=2e-3) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b))
+
+
+def _unit(x) -> bool:
+    return isinstance(x, (int, float)) and 0.0 <= x <= 1.0
+
+
+def test_quick_levers_one_row_each_on_equal_terms(tmp_path, shared_data):
+    env = {**os.environ, "NERFT_DATA": str(shared_data)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.levers", "--quick", "--name", "ci", "--out", str(tmp_path / "out"),
+         "--work", str(tmp_path / "work"), "--combined-top-k", "3", "--levers", *LEVERS],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "ci.json").read_text(encoding="utf-8"))
+    table = (tmp_path / "out" / "ci.md").read_text(encoding="utf-8")
+    assert table in done.stdout  # what is printed is what is written
+
+    base, all_rows = r["baseline"], r["levers"]
+    assert [x["lever"] for x in all_rows] == LEVERS
+    failed = all_rows[LEVERS.index("top-8")]
+    assert not failed["ok"] and "top_k_layers=8" in failed["error"]
+    assert f"| top-8 | method.top_k_layers=8 | failed: {failed['error_line']} |" in table
+    rows = [x for x in all_rows if x is not failed]
+    assert all(x["ok"] for x in [base, *rows]), [x.get("error_line") for x in [base, *rows]]
+    by = {x["lever"]: x for x in rows}
+    samples = r["rows"]["samples"]
+    peak = r["machine"]["matmul_fp32_peak"]["gflop_per_s"]
+    assert peak > 0
+    assert by["dropout-0"]["method"]["lora_dropout"] == 0 and by["default"]["method"]["lora_dropout"] == 0.1
+    assert by["top-2"]["method"]["top_k_layers"] == 2 and by["default"]["method"]["top_k_layers"] is None
+    assert by["packing-flat"]["packing"] == "flat" and by["default"]["packing"] == "shared_prefix"
+    assert by["combined"]["method"]["lora_dropout"] == 0 and by["combined"]["method"]["top_k_layers"] == 3
+
+    for x in [base, *rows]:
+        # the same first samples, in the same order, as the baseline
+        assert x["samples"] == samples and len(x["order"]) == samples, x["lever"]
+        assert x["order"] == base["order"], x["lever"]
+        # speeds are counts over the measured time
+        assert _close(x["samples_per_s"], x["samples"] / x["train_seconds"]), x["lever"]
+        assert _close(x["answer_tokens_per_s"], x["answer_tokens"] / x["train_seconds"]), x["lever"]
+        assert _close(x["samples_per_s_vs_baseline"], x["samples_per_s"] / base["samples_per_s"])
+        assert _close(x["utilisation_of_matmul_peak"], x["achieved_gflop_per_s"] / peak)
+        assert x["train_peak_rss_mib"] > 0 and x["trainable_parameters"] > 0
+        # F1 after those samples (baseline: its own reader, on by default with --quick)
+        assert _unit(x["f1"]) and _unit(x["parse_rate"]) and _unit(x["f1_common_reader"]), x["lever"]
+        line = next(line for line in table.splitlines() if line.startswith(f"| {x['lever']} |"))
+        for figure in (f"{x['samples_per_s']:,.3f}", f"{x['samples_per_s_vs_baseline']:,.2f}",
+                       f"{x['answer_tokens_per_s']:,.1f}", f"{x['achieved_gflop_per_s']:.1f}",
+                       f"{x['trainable_parameters']:,}", f"{x['f1']:.3f}",
+                       f"{x['f1_common_reader']:.3f}"):
+            assert figure in line, (x["lever"], figure, line)
+    for x in rows:
+        assert x["same_order_as_baseline"] and x["same_lora_start_as_baseline"], x["lever"]
+        assert x["f1_samples"] == samples
+        if x["lever"] != "default":
+            assert f"{x['f1'] - by['default']['f1']:+.3f}" in table
+
+    # Adapting only the top blocks: fewer LoRA matrices, fewer trainable parameters (the tiny
+    # model has 4 blocks, 7 adapted projections each); the shared ones start as the baseline's.
+    assert by["default"]["lora_matrices"] == base["lora_matrices"] == 4 * 7
+    assert by["top-2"]["lora_matrices"] == 2 * 7 and by["combined"]["lora_matrices"] == 3 * 7
+    assert (by["top-2"]["trainable_parameters"] < by["combined"]["trainable_parameters"]
+            < by["default"]["trainable_parameters"] == by["dropout-0"]["trainable_parameters"])
