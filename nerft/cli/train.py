@@ -87,7 +87,8 @@ def train(
     out.print(f"[bold]done[/]: {summary.steps} steps; run directory {summary.run_dir}")
     if summary.best_step is not None:
         before = f"{summary.initial_f1:.4f}" if summary.initial_f1 is not None else "n/a"
-        out.print(f"validation F1: untrained {before} → best {summary.best_f1:.4f} at step "
+        start = "parent" if summary.continued else "untrained"
+        out.print(f"validation F1: {start} {before} → best {summary.best_f1:.4f} at step "
                   f"{summary.best_step}" + (" (stopped early)" if summary.stopped_early else ""))
         out.print(f"best adapter: {summary.run_dir / 'best'}")
         if summary.best_per_label:
@@ -97,7 +98,12 @@ def train(
                                             key=lambda kv: -kv[1].get("support", 0))]
             out.print("validation F1 per label (gold mentions): " + ", ".join(parts),
                       highlight=False, soft_wrap=True)
-        if summary.best_step == 0:
+        if summary.best_step == 0 and summary.continued:
+            err.print("[bold yellow]warning:[/] training never beat the parent run on the "
+                      "validation set, so best/ holds the parent's weights. Try a lower "
+                      "training.lr, fewer epochs, a larger data.replay_share or more new rows.",
+                      highlight=False, soft_wrap=True)
+        elif summary.best_step == 0:
             err.print("[bold yellow]warning:[/] training never beat the untrained model on the "
                       "validation set, so best/ holds the untrained adapter. Try a lower "
                       "training.lr, more data, or fewer entity-free sentences.",

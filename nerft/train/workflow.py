@@ -46,6 +46,7 @@ class RunSummary:
     # Validation F1 and gold count per label at the best step: {label: {"f1", "support"}}.
     best_per_label: dict[str, dict[str, float]] = field(default_factory=dict)
     new_labels: tuple[str, ...] = ()  # init_from: labels the parent run never saw
+    continued: bool = False  # init_from: step 0 is the parent's model, not the untrained one
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -212,6 +213,12 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     samples_per_step = t.batch_size * t.grad_accum * ranks.world_size()
     steps_per_epoch = math.ceil(len(train_enc) / samples_per_step)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
+    # A child run (init_from) always scores its starting point, the parent: when training on the
+    # new rows only hurts the parent's job, best/ then keeps the parent's weights.
+    score_start = (config.eval.at_start or lineage is not None) and not resume
+    if lineage is not None and not config.eval.at_start and not resume:
+        console.print("init_from: the parent's model is scored at step 0 (eval.at_start), so "
+                      "best/ keeps it if training does not beat it", highlight=False)
     args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=t.batch_size,
@@ -221,7 +228,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         num_train_epochs=t.epochs, max_steps=t.max_steps,
         lr_scheduler_type=t.scheduler, warmup_steps=round(t.warmup_ratio * total_steps),
         logging_steps=t.logging_steps,
-        eval_strategy="steps", eval_steps=config.eval.eval_steps, eval_on_start=config.eval.at_start and not resume,
+        eval_strategy="steps", eval_steps=config.eval.eval_steps, eval_on_start=score_start,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         seed=t.seed, data_seed=t.seed,
         gradient_checkpointing=t.gradient_checkpointing,
@@ -283,7 +290,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         run_dir=run_dir, steps=state.global_step, best_step=state.best_global_step,
         best_f1=state.best_metric, initial_f1=evals[0]["eval_f1"] if evals and evals[0]["step"] == 0 else None,
         stopped_early=trainer.stopped_early_at is not None,
-        new_labels=lineage.new_labels if lineage else ())
+        new_labels=lineage.new_labels if lineage else (), continued=lineage is not None)
     staging = run_dir / ".final.tmp"
     if main:
         shutil.rmtree(staging, ignore_errors=True)

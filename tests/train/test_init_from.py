@@ -107,10 +107,12 @@ def test_child_starts_at_its_parents_validation_loss_and_records_lineage(parent,
 def test_new_data_without_validation_rows_validates_on_the_parents(parent, tmp_path, tiny_model_dir):
     parent_run, old = parent
     new = _write(tmp_path / "corrections", MORE_ROWS[:2], ["人名", "地点"], val_rows="empty")
-    config = _config(new, tiny_model_dir, tmp_path / "child", eval__at_start=True,
-                     training__max_steps=1, eval__eval_steps=1)
+    # eval.at_start is off (as in configs/demo-cpu.yaml): a child scores its parent anyway.
+    config = _config(new, tiny_model_dir, tmp_path / "child", training__max_steps=1, eval__eval_steps=1)
+    assert config.eval.at_start is False
     config.init_from = parent_run
-    train(config)
+    summary = train(config)
+    assert summary.continued and summary.initial_f1 is not None
     assert abs(_eval_losses(tmp_path / "child")[0] - _eval_losses(parent_run)[4]) < 1e-5
     lineage = RunDir(tmp_path / "child").info()["init_from"]
     assert lineage["validation_rows_from"] == str((old / "val.jsonl").resolve())
