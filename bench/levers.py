@@ -25,9 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench.facts import machine_facts, matmul_peak_gflops, other_heavy_processes
+from bench.facts import other_heavy_processes
 from bench.report import write_results
-from bench.run import REPO, SideFailed, data_dir, prepare_work, ratio, run_side
+from bench.run import (SideFailed, add_shared_options, data_dir, machine_before, prepare_work, ratio,
+                       run_side)
 
 # name -> the `nerft train` overrides it sets; besides these, `top-K` (any K) adapts the top K
 # blocks only, and `combined` is lora_dropout=0 with the top --combined-top-k blocks.
@@ -73,11 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "shared unconstrained reader (one model.generate per row), constrained F1 only")
     p.add_argument("--max-new-tokens", type=int, default=None, help="the baseline decoder's "
                    "budget (default 512; 16 with --quick, where a random model never stops)")
-    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--data", type=Path, default=None, help="ccfbdci.jsonl (default $NERFT_DATA)")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    add_shared_options(p)
     args = p.parse_args(argv)
     quick = args.quick
     args.model = args.model or ("tiny" if quick else "demo")
@@ -212,9 +209,7 @@ def failed_row(name: str, overrides: list[str], error: SideFailed) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    heavy = other_heavy_processes()
-    facts = machine_facts()
-    peak = matmul_peak_gflops(1024 if args.quick else 2048, 1.0 if args.quick else 3.0)
+    heavy, facts, peak = machine_before(args.quick)
     work, rows, spec = prepare_work(args, tiny_layers=QUICK_TINY_LAYERS)
     spec = {**spec, "eval_before_training": False, "common_reader": not args.no_common_reader}
     result = {

@@ -45,6 +45,15 @@ def data_dir() -> Path:
     return Path(os.environ.get("NERFT_DATA", REPO.parent / "shared" / "data"))
 
 
+def add_shared_options(p: argparse.ArgumentParser) -> None:
+    """The options bench.run and bench.levers share (FLOPs, threads, data, output, scratch)."""
+    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--data", type=Path, default=None, help="ccfbdci.jsonl (default $NERFT_DATA)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny random model, a few steps (CI)")
@@ -62,11 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training rows to time tokenisation on (default 500 / all)")
     p.add_argument("--no-equal-time", action="store_true",
                    help="do not continue nerft's run to the baseline's training time")
-    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--data", type=Path, default=None, help="ccfbdci.jsonl (default $NERFT_DATA)")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    add_shared_options(p)
     args = p.parse_args(argv)
     quick = args.quick
     args.model = args.model or ("tiny" if quick else "demo")
@@ -198,12 +203,17 @@ def equal_work(hf: dict, ours: dict) -> dict:
             "generated_tokens_per_s": ratio(ours["generated_tokens_per_s"], hf["generated_tokens_per_s"])}
 
 
+def machine_before(quick: bool) -> tuple[list, dict, dict]:
+    """Before a bench run: other heavy processes (contention), machine facts, fp32 matmul peak."""
+    heavy = other_heavy_processes()
+    facts = machine_facts()
+    return heavy, facts, matmul_peak_gflops(1024 if quick else 2048, 1.0 if quick else 3.0)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    heavy = other_heavy_processes()
-    facts = machine_facts()
-    peak = matmul_peak_gflops(1024 if args.quick else 2048, 1.0 if args.quick else 3.0)
+    heavy, facts, peak = machine_before(args.quick)
     work, rows, spec = prepare_work(args)
     folder = spec["model_folder"]
 
