@@ -238,8 +238,9 @@ def markdown(results: dict) -> str:
                 cells.append("not run")
             elif s == 0:
                 cells.append(f"{point['f1']:.3f}")
-            else:
-                cells.append(f"{point['f1']:.3f} ({point['train_seconds'] / 60:.1f} min)")
+            else:  # time_note: a point whose clock is not a speed figure (paused, contended)
+                when = point.get("time_note") or f"{point['train_seconds'] / 60:.1f} min"
+                cells.append(f"{point['f1']:.3f} ({when})")
         lines.append(f"| {name} ({row['test_entities']} / {row['test_entity_free']}) | "
                      + " | ".join(cells) + f" | {row['published'] or '-'} |")
     return "\n".join(lines) + "\n"
