@@ -71,3 +71,16 @@ def test_curve_writes_every_point_and_resumes(tmp_path, tiny_model_dir, curve_en
 
     other_slice = curve("--sizes", "8", "--test", "5", "--resume")
     assert other_slice.returncode != 0 and "test_rows differs" in other_slice.stderr
+
+
+def test_a_point_whose_clock_is_not_a_speed_figure_says_so_instead_of_minutes():
+    from bench.curve import markdown
+
+    point = {"f1": 0.5, "precision": 0.5, "recall": 0.5, "train_seconds": 5196.0}
+    results = {"command": "c", "date": "d", "config": "x.yaml", "overrides": [], "test_rows": 10,
+               "corpora": {"a": {"published": "", "test_entities": 3, "test_entity_free": 1,
+                                 "points": {"0": {"f1": 0.1}, "640": {**point, "time_note": "paused"}}},
+                           "b": {"published": "", "test_entities": 3, "test_entity_free": 1,
+                                 "points": {"0": {"f1": 0.1}, "640": point}}}}
+    table = markdown(results)
+    assert "| 0.500 (paused) |" in table and "| 0.500 (86.6 min) |" in table
