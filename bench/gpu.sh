@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Training and generation speed on one GPU: the worked example's recipe vs nerft's, on
-# Qwen2-1.5B-Instruct's architecture with random weights. Offline, about 2-4 minutes on an H100.
+# Qwen2-1.5B-Instruct's architecture with random weights, plus nerft with the bench.levers levers
+# (LoRA dropout 0; dropout 0 on the top half of the blocks). Offline, a few minutes on an H100.
 #
 #   bash bench/gpu.sh                 # on the GPU machine; writes $OUT/gpu.json (or bench/results/)
 #   bash bench/gpu.sh --cpu-smoke     # tiny config on CPU: checks the script itself (tested in CI)
@@ -92,7 +93,7 @@ def rows(n, seed):
     return out
 
 
-def build(attn):
+def build(attn, dropout=0.1, top_k=None):
     torch.manual_seed(0)
     config = Qwen2Config(**(TINY if smoke else QWEN2_15B))
     with torch.device(device):
@@ -100,7 +101,9 @@ def build(attn):
     model.set_attn_implementation(attn)
     model.config.use_cache = False
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
-    lora = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=PROJ, task_type="CAUSAL_LM")
+    n = config.num_hidden_layers  # top_k: LoRA on the top k blocks only (method.top_k_layers)
+    lora = LoraConfig(r=8, lora_alpha=32, lora_dropout=dropout, target_modules=PROJ, task_type="CAUSAL_LM",
+                      layers_to_transform=list(range(n - top_k, n)) if top_k else None)
     return model, n_params, lora
 
 
@@ -126,8 +129,8 @@ def nerft_batches(step_rows, layout):
     return [PackedCollator(layout, pad_id=PAD, mask_dtype=dtype)(enc)]
 
 
-def run_side(name, attn, make_batches, loss_fn, checkpointing, data):
-    model, n_params, lora = build(attn)
+def run_side(name, attn, make_batches, loss_fn, checkpointing, data, dropout=0.1, top_k=None):
+    model, n_params, lora = build(attn, dropout, top_k)
     if checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -217,13 +220,20 @@ def generation(batch, new_tokens, attn="sdpa"):
 t0 = time.perf_counter()
 data = rows(SAMPLES * (WARMUP + STEPS), seed=1)
 results = []
+half = (TINY if smoke else QWEN2_15B)["num_hidden_layers"] // 2
 for attn in attn_impls():
+    before = len(results)
     if attn == "sdpa":
+        shared = lambda r: nerft_batches(r, "shared_prefix")
         results.append(run_side("baseline", attn, baseline_batches, hf_loss, True, data))
-        results.append(run_side("nerft", attn, lambda r: nerft_batches(r, "shared_prefix"), nerft_loss, False, data))
+        results.append(run_side("nerft", attn, shared, nerft_loss, False, data))
+        # the levers of bench.levers (issue 16): LoRA dropout 0, then also the top half of the blocks
+        results.append(run_side("nerft-dropout-0", attn, shared, nerft_loss, False, data, dropout=0.0))
+        results.append(run_side(f"nerft-dropout-0-top-{half}", attn, shared, nerft_loss, False, data,
+                                dropout=0.0, top_k=half))
     else:  # FlashAttention takes no 4D mask: nerft's flat layout (varlen from position ids)
         results.append(run_side("nerft-flat", attn, lambda r: nerft_batches(r, "flat"), nerft_loss, False, data))
-    print(json.dumps(results[-2 if attn == "sdpa" else -1:], indent=1), flush=True)
+    print(json.dumps(results[before:], indent=1), flush=True)
 gen = generation(4 if smoke else 64, 4 if smoke else 64)
 base = next(r for r in results if r["side"] == "baseline")
 ours = next(r for r in results if r["side"] == "nerft")
