@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -54,12 +53,12 @@ def unseen_sentences(demo_data: Path, work: Path, count: int, max_chars: int = 6
     the file) that are in none of the demo's splits."""
     from nerft.data.example import read_examples
     from nerft.data.prepare import prepare
-    from nerft.demo_data import msra_corpus, sentence_blocks
+    from nerft.demo_data import msra_corpus, short_blocks
 
     seen = {ex.text for split in ("train", "val", "test")
             for ex in read_examples(demo_data / f"{split}.jsonl")}
     test_file = msra_corpus()["msra_test.txt"]
-    blocks = [b for b in sentence_blocks(test_file.read_text(encoding="utf-8")) if len(b) <= max_chars]
+    blocks = short_blocks(test_file, max_chars)
     picked = blocks[7::max(1, len(blocks) // (3 * count))]  # offset 7: away from the demo's own picks
     scratch = work / "candidates.bio"
     scratch.write_text("".join("\n".join(b) + "\n\n" for b in picked), encoding="utf-8")

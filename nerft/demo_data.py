@@ -88,8 +88,8 @@ def demo_slice(spec: DemoSlice) -> list[Path]:
     names = ("train.txt", "dev.txt", "test.txt")
     if not is_complete(folder):
         files = msra_corpus()
-        train_pool = _short(files["msra_train.txt"], spec.max_chars)
-        test_pool = _short(files["msra_test.txt"], spec.max_chars)
+        train_pool = short_blocks(files["msra_train.txt"], spec.max_chars)
+        test_pool = short_blocks(files["msra_test.txt"], spec.max_chars)
         want_free = round(spec.train * spec.entity_free_share)
         wanted = {True: want_free, False: spec.train - want_free}
         candidates = _spread(train_pool, 2 * (spec.train + spec.val))
@@ -117,5 +117,6 @@ def _spread(blocks: list, n: int) -> list:
     return blocks[::max(1, len(blocks) // n)][:n]
 
 
-def _short(path: Path, max_chars: int) -> list[list[str]]:
+def short_blocks(path: Path, max_chars: int) -> list[list[str]]:
+    """The sentence blocks of a BIO file (one token per line) with at most `max_chars` tokens."""
     return [b for b in sentence_blocks(path.read_text(encoding="utf-8")) if len(b) <= max_chars]

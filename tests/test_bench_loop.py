@@ -61,7 +61,7 @@ def test_loop_corrects_in_the_page_and_gates_the_child(tmp_path, tiny_model_dir)
     assert len(r["corrections"]) == 2
     assert all(c["status"].startswith("correction stored") for c in r["corrections"])
     feedback = [json.loads(line) for line in (work / "logs" / "feedback.jsonl").open(encoding="utf-8")]
-    wrong = [ex for ex in _examples("unseen", UNSEEN)][:2]  # a random tiny model gets none right
+    wrong = _examples("unseen", UNSEEN)[:2]  # a random tiny model gets none right
     assert [row["text"] for row in feedback] == [ex.text for ex in wrong]
     for row, ex in zip(feedback, wrong):
         assert [(e["start"], e["end"], e["label"]) for e in row["entities"]] == [
