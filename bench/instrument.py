@@ -99,9 +99,13 @@ class StepLog:
     def __init__(self, samples_per_step: int, count_flops: bool = True,
                  wall_budget_s: float | None = None, eval_at_steps: set[int] | None = None,
                  rss: RssSampler | None = None, min_steps: int = 0, lora_seed: int | None = None,
-                 on_eval=None):
+                 on_eval=None, target_f1: float | None = None):
         self.rss = rss
-        self.min_steps = min_steps  # the time budget cannot stop training before this step
+        # neither the time budget nor the target F1 can stop training before this step
+        self.min_steps = min_steps
+        # time to F1 (bench.levers --every): stop at the first evaluation from min_steps on
+        # whose F1 reaches this
+        self.target_f1 = target_f1
         self.lora_seed = lora_seed  # both sides: the same LoRA starting weights (same_lora_init)
         self.on_eval = on_eval  # extra scoring at each evaluation: on_eval(model) -> dict
         self.lora_init_checksum: float | None = None
@@ -246,6 +250,9 @@ def instrumented(trainer_cls, log: StepLog):
                 "train_seconds": round(log.train_seconds, 3), "eval_seconds": round(took, 3),
                 **{k.removeprefix("eval_"): v for k, v in metrics.items()
                    if k in ("eval_f1", "eval_precision", "eval_recall", "eval_parse_rate")}})
+            if (log.target_f1 is not None and self.state.global_step >= log.min_steps
+                    and metrics.get("eval_f1", float("-inf")) >= log.target_f1):
+                self.control.should_training_stop = True
             return metrics
 
         def _save_checkpoint(self, *args, **kwargs):

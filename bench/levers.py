@@ -36,12 +36,14 @@ LEVERS: dict[str, list[str]] = {
     "default": [],
     "dropout-0": ["method.lora_dropout=0"],
     "packing-flat": ["training.packing=flat"],
+    "prefix-kv": ["training.packing=prefix_kv"],
 }
-FULL_LEVERS = ["default", "dropout-0", "top-16", "top-12", "top-8", "packing-flat", "combined"]
+FULL_LEVERS = ["default", "dropout-0", "top-16", "top-12", "top-8", "packing-flat", "prefix-kv",
+               "combined"]
 # --quick: a tiny random model with 4 blocks (each block costs the baseline's checkpointed,
 # one-token-at-a-time decoding dearly), so its top-k lever is top-2
 QUICK_TINY_LAYERS = 4
-QUICK_LEVERS = ["default", "dropout-0", "top-2", "packing-flat", "combined"]
+QUICK_LEVERS = ["default", "dropout-0", "top-2", "packing-flat", "prefix-kv", "combined"]
 
 
 def lever_name(name: str) -> str:
@@ -72,6 +74,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the shared reader); default on with --quick, off otherwise")
     p.add_argument("--no-common-reader", action="store_true", help="nerft rows: skip the "
                    "shared unconstrained reader (one model.generate per row), constrained F1 only")
+    p.add_argument("--every", type=int, default=None, metavar="SAMPLES",
+                   help="time to F1: score both sides every SAMPLES training samples (a multiple "
+                        "of 16); each lever then trains past --samples, up to --cap, until its "
+                        "F1 reaches the target. Turns --baseline-f1 on")
+    p.add_argument("--cap", type=int, default=None, metavar="SAMPLES",
+                   help="time to F1: the most samples a lever may train (default 2 x --samples)")
+    p.add_argument("--target", type=float, default=None,
+                   help="time to F1: the validation F1 to reach (default: the baseline's own "
+                        "F1 after --samples)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="the baseline decoder's "
                    "budget (default 512; 16 with --quick, where a random model never stops)")
     add_shared_options(p)
@@ -84,6 +95,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     # --quick: a random model never stops, so every answer runs to this budget (the baseline's,
     # and nerft's per-sentence budget capped at it on every reader)
     args.max_new_tokens = args.max_new_tokens or (16 if quick else 512)
+    if args.every is not None:
+        if args.baseline_f1 is False:
+            p.error("--every scores the baseline at every checkpoint: drop --no-baseline-f1")
+        if args.every <= 0 or args.every % 16:
+            p.error("--every must be a positive multiple of 16")
+        args.cap = args.cap or 2 * args.samples
+        if args.cap < args.samples or args.cap % 16:
+            p.error("--cap must be a multiple of 16, at least --samples")
+        args.baseline_f1 = True
+    elif args.cap is not None or args.target is not None:
+        p.error("--cap and --target belong to the time-to-F1 run: give --every too")
     args.baseline_f1 = quick if args.baseline_f1 is None else args.baseline_f1
     args.test = 0  # no inference here
     args.tokenise_rows = 16  # tokenising is timed by bench.run, not here
@@ -139,9 +161,25 @@ def nerft_row(name: str, overrides: list[str], side: dict, base: dict | None, pe
         "f1_samples": at.get("samples"),
         "same_order_as_baseline": base is not None and side["order"][:samples] == base["order"][:samples],
         "same_lora_start_as_baseline": base is not None and shared_lora_start(base, side),
-        "order": side["order"][:samples],
+        "order": side["order"][:samples], "curve": curve_of(side),
         "method": side["config"]["method"], "packing": side["config"]["training"]["packing"],
     }
+
+
+def time_to_target(evaluations: list[dict], target: float) -> dict | None:
+    """The first evaluation (by samples) whose F1 reaches `target`: its samples and training
+    seconds (evaluation excluded); None when none does."""
+    for e in sorted(evaluations, key=lambda e: e["samples"]):
+        if e["samples"] > 0 and e.get("f1") is not None and e["f1"] >= target:
+            return {"samples": e["samples"], "train_seconds": e["train_seconds"], "f1": e["f1"]}
+    return None
+
+
+def curve_of(side: dict) -> list[dict]:
+    """(samples, training seconds, F1) at each evaluation after training began."""
+    return [{"samples": e["samples"], "train_seconds": e["train_seconds"], "f1": e.get("f1"),
+             "parse_rate": e.get("parse_rate")} for e in side.get("evaluations") or []
+            if e["samples"] > 0]
 
 
 def _num(x, digits=2) -> str:
@@ -162,7 +200,9 @@ def markdown(r: dict) -> str:
            else "no other heavy process seen"), "",
         f"Every row: the first {r['rows']['samples']} training samples, the same rows in the "
         f"same order, 16 per optimizer step, from the same LoRA starting weights on the layers it "
-        f"adapts; validation F1 on {r['rows']['val']} rows after those samples. "
+        f"adapts; validation F1 on {r['rows']['val']} rows after those samples"
+        + (" (a lever may then train on toward the target F1 below: its speeds are over every "
+           "step it ran)" if r.get("time_to_f1") else "") + ". "
         f"Command: `{r['command']}`.", "",
         "| lever | settings | samples/s | x baseline | answer tokens/s | GFLOP/s (% of peak) "
         "| trainable params | val F1, own reader (parse) | val F1, shared reader (parse) "
@@ -187,6 +227,8 @@ def markdown(r: dict) -> str:
             f"| {_f1(row['f1'], row['parse_rate'])} "
             f"| {_f1(row['f1_common_reader'], row['parse_rate_common_reader'])} | {delta} "
             f"| {_num(row['train_peak_rss_mib'], 0)} |")
+    if r.get("time_to_f1"):
+        lines += time_to_f1_lines(r)
     lines += [
         "",
         "Own reader: the baseline decodes as the worked example does (up to "
@@ -197,6 +239,33 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def time_to_f1_lines(r: dict) -> list[str]:
+    t = r["time_to_f1"]
+    lines = [
+        "", f"## Time to the target F1 ({t['target']:.3f}, {t['target_from']})", "",
+        f"Each side scored every {t['every']} samples on the same {r['rows']['val']} validation "
+        f"rows with its own reader, scoring time excluded from its clock; a lever trains past "
+        f"{r['rows']['samples']} samples (to {t['cap']} at most) until it reaches the target. "
+        "Time: training seconds until the first score at or above the target.", "",
+        "| side | F1 at each score (samples: F1) | reached at | training time | "
+        "x faster than the baseline |", "|---|---|---|---|---|",
+    ]
+    base_time = (r["baseline"].get("time_to_target") or {}).get("train_seconds") if r["baseline"]["ok"] else None
+    for row in [r["baseline"], *r["levers"]]:
+        if not row["ok"]:
+            continue
+        scores = ", ".join(f"{e['samples']}: {_num(e['f1'], 3)}" for e in row.get("curve") or [])
+        hit = row.get("time_to_target")
+        if hit is None:
+            last = max((e["samples"] for e in row.get("curve") or []), default=0)
+            lines.append(f"| {row['lever']} | {scores} | not within {last} samples | - | - |")
+            continue
+        faster = "-" if row["lever"] == "baseline" else _num(ratio(base_time, hit["train_seconds"]))
+        lines.append(f"| {row['lever']} | {scores} | {hit['samples']} samples "
+                     f"| {hit['train_seconds'] / 60:.1f} min | {faster} |")
+    return lines
 
 
 def failed_row(name: str, overrides: list[str], error: SideFailed) -> dict:
@@ -228,26 +297,42 @@ def main(argv=None) -> dict:
         if result["baseline"] is not None:
             write_results(result, out, markdown(result))
 
+    every_steps = args.every // 16 if args.every else None
     base = None
     try:
-        base = run_side("train-baseline", {**spec, "baseline_f1": args.baseline_f1}, work)
+        base = run_side("train-baseline", {**spec, "baseline_f1": args.baseline_f1,
+                                           "eval_every_steps": every_steps}, work)
         at = base["f1_at_samples"] or {}
         common = at.get("common_reader") or {}
         result["baseline"] = {
             "lever": "baseline", "overrides": [], "ok": True, **speed_row(base, peak["gflop_per_s"], base["samples_per_s"]),
             "f1": at.get("f1"), "parse_rate": at.get("parse_rate"),
             "f1_common_reader": common.get("f1"), "parse_rate_common_reader": common.get("parse_rate"),
-            "order": base["order"][:args.samples]}
+            "order": base["order"][:args.samples], "curve": curve_of(base)}
     except SideFailed as e:  # the nerft rows still run; their ratios stay empty
         result["baseline"] = failed_row("baseline", [], e)
+    target = None
+    if args.every:
+        target = args.target if args.target is not None else result["baseline"].get("f1")
+        result["time_to_f1"] = {
+            "every": args.every, "cap": args.cap, "target": target,
+            "target_from": ("given (--target)" if args.target is not None else
+                            f"the worked example's own F1 after {args.samples} samples")}
+        if result["baseline"]["ok"] and target is not None:
+            result["baseline"]["time_to_target"] = time_to_target(result["baseline"]["curve"], target)
     save()
     for name in args.levers:
         overrides = overrides_of(name, args.combined_top_k)
         lever_spec = {**spec, "nerft_overrides": overrides, "nerft_run_dir": f"nerft-{name}"}
+        if every_steps and target is not None:
+            lever_spec |= {"eval_every_steps": every_steps, "cap_samples": args.cap,
+                           "target_f1": target}
         try:
             side = run_side("train-nerft", lever_spec, work, tag=f"lever-{name}")
-            result["levers"].append(nerft_row(name, overrides, side, base, peak["gflop_per_s"],
-                                              args.samples))
+            row = nerft_row(name, overrides, side, base, peak["gflop_per_s"], args.samples)
+            if target is not None:
+                row["time_to_target"] = time_to_target(row["curve"], target)
+            result["levers"].append(row)
         except SideFailed as e:
             result["levers"].append(failed_row(name, overrides, e))
         save()

@@ -132,6 +132,10 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
         return collate(features)
 
     trainer.data_collator = recording_collator
+    every = spec.get("eval_every_steps")
+    snapshots = _LoraSnapshots(model, every, trainer.args.max_steps) if every else None
+    if snapshots is not None:
+        trainer.add_callback(snapshots.callback)
     trainer.train()
     # Training is over: decode with the KV cache, as the example's separate inference run does
     # (gradient checkpointing turns it off).
@@ -147,17 +151,57 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
     if not spec.get("baseline_f1", True):  # bench.levers: its speed only (decoding is slow)
         return {**trained, "f1_at_samples": None}
     val = _load(spec, "val.jsonl")
-    with rss.phase("eval"):
-        # Its own reader: the example's decoding (512 tokens, its stop rule) and format.
+
+    def own_reader() -> dict:
+        # the example's decoding (512 tokens, its stop rule) and format
         start = time.perf_counter()
         answers, generated, _ = baseline.predict_all(model, tokenizer, [ex.text for ex in val],
                                                      spec["max_new_tokens"])
-        own = {**score(val, answers, task.labels), "generated_tokens": generated,
-               "eval_seconds": time.perf_counter() - start}
-        common = common_reader(spec, model, tokenizer, baseline_prompts(tokenizer, [ex.text for ex in val]),
-                               val, task.labels)
-    return {**trained,
+        return {**score(val, answers, task.labels), "generated_tokens": generated,
+                "eval_seconds": time.perf_counter() - start}
+
+    checkpoints = []
+    with rss.phase("eval"):
+        if snapshots is not None:  # time to F1: the adapter as it was after every `every` steps
+            for step, weights in snapshots.taken:
+                snapshots.load(weights)
+                checkpoints.append({"step": step, "samples": step * 16,
+                                    "train_seconds": round(sum(log.step_seconds[:step]), 3),
+                                    **own_reader()})
+            own = checkpoints[-1]  # the last snapshot is the final adapter
+        else:
+            own = own_reader()
+        common = (common_reader(spec, model, tokenizer, baseline_prompts(tokenizer, [ex.text for ex in val]),
+                                val, task.labels) if spec.get("common_reader", True) else None)
+    return {**trained, "evaluations": checkpoints,
             "f1_at_samples": {"samples": log.summary()["samples"], **own, "common_reader": common}}
+
+
+class _LoraSnapshots:
+    """A trainer callback that copies the trainable (LoRA) weights after every `every` optimizer
+    steps and after the last, so they can be scored after training, outside the step clock
+    (the baseline's decoding cannot run inside its Trainer). A copy of the adapter takes
+    milliseconds against a step of a minute."""
+
+    def __init__(self, model, every: int, max_steps: int):
+        from transformers import TrainerCallback
+
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.taken: list[tuple[int, dict]] = []
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step % every == 0 or state.global_step >= max_steps:
+                    outer.taken.append((state.global_step, {n: p.detach().clone()
+                                                            for n, p in outer.params.items()}))
+
+        self.callback = Callback()
+
+    def load(self, weights: dict) -> None:
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(weights[name])
 
 
 def train_nerft(spec: dict, rss: RssSampler) -> dict:
@@ -178,15 +222,20 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
 
     steps_at_samples = spec["samples"] // 16
     budget = spec.get("wall_budget_s")
-    max_steps = spec["nerft_max_steps"] if budget else steps_at_samples
+    # time to F1 (bench.levers --every): evaluate every `every` steps, and past the first
+    # `samples` go on (to cap_samples at most) until the target F1 is reached
+    every = spec.get("eval_every_steps")
+    cap_steps = max(spec.get("cap_samples") or spec["samples"], spec["samples"]) // 16
+    max_steps = spec["nerft_max_steps"] if budget else cap_steps
+    eval_steps = {0, steps_at_samples} | (set(range(every, cap_steps + 1, every)) if every else set())
     val = _load(spec, "val.jsonl")
     from nerft.chat import encode_prompts
 
     val_prompts = encode_prompts(tokenizer, task, [ex.text for ex in val])
     with_common = spec.get("common_reader", True)
     log = StepLog(16, spec["count_flops"], wall_budget_s=budget, rss=rss,
-                  eval_at_steps={0, steps_at_samples}, min_steps=steps_at_samples,
-                  lora_seed=spec["seed"],
+                  eval_at_steps=eval_steps, min_steps=steps_at_samples,
+                  lora_seed=spec["seed"], target_f1=spec.get("target_f1"),
                   on_eval=(lambda model: common_reader(spec, model, tokenizer, val_prompts, val,
                                                        task.labels)) if with_common else None)
     order: list[str] = []

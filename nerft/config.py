@@ -70,9 +70,10 @@ class TrainingConfig(_Section):
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
-    packing: Literal["shared_prefix", "flat", "none"] = Field(
+    packing: Literal["shared_prefix", "flat", "none", "prefix_kv"] = Field(
         "shared_prefix", description="shared_prefix: one system prompt per micro-batch row; "
-        "flat: examples back to back; none: padded rows grouped by length")
+        "flat: examples back to back; none: padded rows grouped by length; prefix_kv: the "
+        "system prompt run once, its keys/values shared by a padded batch of the examples")
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
@@ -121,10 +122,17 @@ class Config(_Section):
     def _backend_supports_packing(self):
         # FlashAttention takes no 4D mask: transformers would read the shared-prefix mask as
         # a padding mask. `flat` packing gives it the example boundaries through position ids.
-        if self.model.attn_implementation == "flash_attention_2" and self.training.packing == "shared_prefix":
+        packing = self.training.packing
+        if self.model.attn_implementation == "flash_attention_2" and packing in ("shared_prefix", "prefix_kv"):
             raise ValueError("model.attn_implementation flash_attention_2 cannot use "
-                             "training.packing shared_prefix (it needs a 4D mask); "
+                             f"training.packing {packing} (it needs a 4D mask); "
                              "set training.packing=flat")
+        # Gradient checkpointing makes transformers drop the cache during training, and the
+        # examples would silently lose the prefix's keys/values.
+        if packing == "prefix_kv" and self.training.gradient_checkpointing:
+            raise ValueError("training.packing prefix_kv cannot be used with "
+                             "training.gradient_checkpointing (the prefix's keys/values travel "
+                             "in the cache it turns off); set training.packing=shared_prefix")
         return self
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # top-8 cannot run on the 4-block tiny model: its row must report that, not end the run
-LEVERS = ["default", "dropout-0", "top-2", "top-8", "packing-flat", "combined"]
+LEVERS = ["default", "dropout-0", "top-2", "top-8", "packing-flat", "prefix-kv", "combined"]
 
 
 def _close(a, b, rel=2e-3) -> bool:
@@ -44,6 +44,7 @@ def test_quick_levers_one_row_each_on_equal_terms(tmp_path, shared_data):
     assert by["dropout-0"]["method"]["lora_dropout"] == 0 and by["default"]["method"]["lora_dropout"] == 0.1
     assert by["top-2"]["method"]["top_k_layers"] == 2 and by["default"]["method"]["top_k_layers"] is None
     assert by["packing-flat"]["packing"] == "flat" and by["default"]["packing"] == "shared_prefix"
+    assert by["prefix-kv"]["packing"] == "prefix_kv"
     assert by["combined"]["method"]["lora_dropout"] == 0 and by["combined"]["method"]["top_k_layers"] == 3
 
     for x in [base, *rows]:
@@ -76,3 +77,50 @@ def test_quick_levers_one_row_each_on_equal_terms(tmp_path, shared_data):
     assert by["top-2"]["lora_matrices"] == 2 * 7 and by["combined"]["lora_matrices"] == 3 * 7
     assert (by["top-2"]["trainable_parameters"] < by["combined"]["trainable_parameters"]
             < by["default"]["trainable_parameters"] == by["dropout-0"]["trainable_parameters"])
+
+
+def test_quick_time_to_f1_trains_past_samples_toward_the_target(tmp_path, shared_data):
+    # A tiny random model never reaches F1 1.5: the lever trains on from --samples to --cap,
+    # scored every 16 samples, and neither side's row claims a time.
+    env = {**os.environ, "NERFT_DATA": str(shared_data)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.levers", "--quick", "--name", "ttf", "--out", str(tmp_path / "out"),
+         "--work", str(tmp_path / "work"), "--levers", "default", "--samples", "16",
+         "--every", "16", "--cap", "48", "--target", "1.5", "--no-common-reader"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "ttf.json").read_text(encoding="utf-8"))
+    table = (tmp_path / "out" / "ttf.md").read_text(encoding="utf-8")
+    base, (lever,) = r["baseline"], r["levers"]
+    assert r["time_to_f1"] == {"every": 16, "cap": 48, "target": 1.5, "target_from": "given (--target)"}
+    assert [e["samples"] for e in base["curve"]] == [16]
+    assert [e["samples"] for e in lever["curve"]] == [16, 32, 48]
+    assert lever["samples"] == 48 and lever["f1_samples"] == 16  # the ablation's F1 stays at --samples
+    assert lever["f1"] == lever["curve"][0]["f1"]
+    clocks = [e["train_seconds"] for e in lever["curve"]]
+    assert 0 < clocks[0] < clocks[1] < clocks[2] <= lever["train_seconds"] + 1e-3
+    assert base["time_to_target"] is None and lever["time_to_target"] is None
+    assert "| default |" in table and "| not within 48 samples | - | - |" in table
+    assert base["f1_common_reader"] is None  # --no-common-reader holds for the baseline too
+
+
+def test_time_to_target_is_the_first_score_at_or_above_it():
+    from bench.levers import time_to_f1_lines, time_to_target
+
+    base_curve = [{"samples": 64, "train_seconds": 300.0, "f1": 0.2},
+                  {"samples": 128, "train_seconds": 600.0, "f1": 0.4}]
+    lever_curve = [{"samples": 64, "train_seconds": 60.0, "f1": 0.41},
+                   {"samples": 128, "train_seconds": 120.0, "f1": 0.39}]
+    assert time_to_target(base_curve, 0.4) == {"samples": 128, "train_seconds": 600.0, "f1": 0.4}
+    assert time_to_target(lever_curve, 0.4)["samples"] == 64
+    assert time_to_target(lever_curve, 0.5) is None
+    assert time_to_target([{"samples": 0, "train_seconds": 0, "f1": 0.9}], 0.5) is None  # untrained
+    r = {"time_to_f1": {"every": 64, "cap": 256, "target": 0.4, "target_from": "x"},
+         "rows": {"val": 100, "samples": 128},
+         "baseline": {"lever": "baseline", "ok": True, "curve": base_curve,
+                      "time_to_target": time_to_target(base_curve, 0.4)},
+         "levers": [{"lever": "default", "ok": True, "curve": lever_curve,
+                     "time_to_target": time_to_target(lever_curve, 0.4)}]}
+    lines = time_to_f1_lines(r)
+    assert "| baseline | 64: 0.200, 128: 0.400 | 128 samples | 10.0 min | - |" in lines
+    assert "| default | 64: 0.410, 128: 0.390 | 64 samples | 1.0 min | 10.00 |" in lines

@@ -9,6 +9,11 @@ Three layouts, all giving exactly the gradient of running each example on its ow
   passed, so transformers finds the boundaries from the position ids (`find_packed_sequence_
   indices`) and builds a block-diagonal mask on SDPA/eager, or varlen FlashAttention.
 - `none`: right-padded rows with a 2D attention mask (pair with length-grouped batching).
+- `prefix_kv`: the shared prefix runs once (batch 1) and its keys/values are repeated for the
+  micro-batch; the examples' own tokens run as a right-padded [examples, longest] batch that
+  attends to them (`answer_only_loss` makes the two calls). The gradient reaches the prefix
+  through its keys/values. Attention covers examples x (prefix + own tokens) instead of the
+  whole packed row squared, at the cost of padding the examples to the longest.
 """
 
 from __future__ import annotations
@@ -45,13 +50,19 @@ class PackedCollator:
             return self._flat(batch)
         if self.layout == "none":
             return self._padded(batch)
+        if self.layout == "prefix_kv":
+            return self._prefix_kv(batch)
         raise ValueError(f"unknown packing layout {self.layout!r}")
 
-    def _shared_prefix(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _prefix_length(batch: list[Encoded]) -> int:
         # The prefix stops before the last prompt token of every example: that token predicts
         # the answer's first token, so each example needs its own copy (two examples with the
         # same text would otherwise predict it from the previous example's end of turn).
-        p = common_prefix_length([e.input_ids for e in batch], min(e.answer_start for e in batch) - 1)
+        return common_prefix_length([e.input_ids for e in batch], min(e.answer_start for e in batch) - 1)
+
+    def _shared_prefix(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
+        p = self._prefix_length(batch)
         ids, labels, positions, segments = list(batch[0].input_ids[:p]), [IGNORE] * p, list(range(p)), []
         for e in batch:
             start = len(ids)
@@ -74,6 +85,33 @@ class PackedCollator:
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
             "attention_mask": mask[None, None],
+        }
+
+    def _prefix_kv(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
+        p = self._prefix_length(batch)
+        n = max(len(e) - p for e in batch)
+        ids = torch.full((len(batch), n), self.pad_id)
+        labels = torch.full((len(batch), n), IGNORE)
+        # every query sees the whole prefix; a real token also sees its own example's earlier
+        # tokens; padding sees the prefix and itself (a row with nothing to attend to would
+        # give NaN, which the backward pass would spread although padding has no loss)
+        allowed = torch.zeros(len(batch), n, p + n, dtype=torch.bool)
+        allowed[:, :, :p] = True
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        for i, e in enumerate(batch):
+            k = len(e) - p
+            ids[i, :k] = torch.tensor(e.input_ids[p:])
+            labels[i, :k] = torch.tensor(e.labels[p:])
+            allowed[i, :k, p:p + k] = causal[:k, :k]
+            allowed[i, k:, p + k:].fill_diagonal_(True)
+        mask = torch.zeros(len(batch), 1, n, p + n, dtype=self.mask_dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(self.mask_dtype).min)
+        return {
+            "prefix_ids": torch.tensor([batch[0].input_ids[:p]]),
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": torch.arange(p, p + n).expand(len(batch), n).clone(),
+            "attention_mask": mask,
         }
 
     def _flat(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
@@ -108,7 +146,9 @@ def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items: int | to
     labels = inputs["labels"]
     targets = labels[:, 1:]
     needed = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions predicting a label
-    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "prefix_ids")}
+    if "prefix_ids" in inputs:  # the prefix_kv layout
+        model_inputs["cache"] = prefix_keys_values(model, inputs["prefix_ids"], labels.shape[0])
     out = model(**model_inputs, logits_to_keep=needed, use_cache=False)
     logits = out.logits.float()  # [batch, len(needed), vocab]
     picked = targets[:, needed]
@@ -118,3 +158,18 @@ def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items: int | to
     count = (picked != IGNORE).sum()
     denom = num_items if num_items is not None else count.clamp(min=1)
     return loss_sum / denom, count
+
+
+def prefix_keys_values(model, prefix_ids: torch.Tensor, batch: int):
+    """The prefix's keys/values (one forward pass, batch 1, gradient kept), repeated `batch`
+    times along the batch dimension: the repeat's backward sums every example's gradient into
+    the one prefix pass."""
+    from transformers import DynamicCache
+
+    if prefix_ids.shape[1] == 0:
+        return None
+    cache = DynamicCache()
+    # logits_to_keep=1: the prefix predicts nothing; only its cache is wanted
+    model(input_ids=prefix_ids, cache=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(batch)
+    return cache

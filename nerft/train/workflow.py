@@ -91,6 +91,11 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
     console = console or Console(stderr=True)
     run = RunDir(Path(config.training.output_dir))
     ranks.start()
+    if ranks.world_size() > 1 and config.training.packing == "prefix_kv":
+        # two forward passes per step (the prefix, then the examples) through one DDP wrapper
+        # is not something we have verified; refuse rather than risk a wrong gradient
+        raise TrainError("training.packing prefix_kv runs in one process only; with "
+                         f"{ranks.world_size()} processes set training.packing=shared_prefix")
     if ranks.world_size() == 1:
         with run_lock(run):
             last, changes = _starting_point(run, config, resume=resume, overwrite=overwrite,

@@ -18,6 +18,54 @@ def test_flash_attention_with_a_4d_mask_layout_is_refused(tmp_path, prepared):
     assert load_config(cfg, ["training.packing=flat"]).training.packing == "flat"
 
 
+def test_prefix_kv_is_refused_where_it_would_lose_the_prefix(tmp_path, prepared):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {{dir: {prepared}}}\nmodel: {{source: demo}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        load_config(cfg, ["training.packing=prefix_kv", "training.gradient_checkpointing=true"])
+    with pytest.raises(ConfigError, match="training.packing=flat"):
+        load_config(cfg, ["training.packing=prefix_kv", "model.attn_implementation=flash_attention_2"])
+
+
+def test_prefix_kv_is_refused_with_several_processes(tmp_path, prepared, monkeypatch):
+    from nerft.train import ranks, workflow
+    from nerft.train.workflow import TrainError
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {{dir: {prepared}}}\nmodel: {{source: demo}}\n"
+                   f"training: {{output_dir: {tmp_path / 'run'}}}\n", encoding="utf-8")
+    monkeypatch.setattr(ranks, "start", lambda: None)
+    monkeypatch.setattr(ranks, "world_size", lambda: 2)
+    with pytest.raises(TrainError, match="prefix_kv runs in one process only"):
+        workflow.train(load_config(cfg, ["training.packing=prefix_kv"]))
+    assert not (tmp_path / "run").exists()
+
+
+def test_lora_training_with_prefix_kv_follows_shared_prefix(tmp_path, tiny_model_dir, prepared):
+    """Same rows, same seed, same LoRA start: the two layouts compute the same gradient, so
+    the logged losses of a few LoRA steps agree (and both fall)."""
+    import json
+
+    from nerft.config import Config
+    from nerft.train.workflow import train
+
+    def losses(packing: str) -> list[float]:
+        run = tmp_path / packing
+        train(Config.model_validate({
+            "data": {"dir": str(prepared)}, "model": {"source": str(tiny_model_dir)},
+            "method": {"kind": "lora", "lora_dropout": 0.0},
+            "training": {"output_dir": str(run), "max_steps": 4, "batch_size": 4, "grad_accum": 1,
+                         "lr": 5e-3, "packing": packing, "save_steps": 1000},
+            "eval": {"eval_steps": 1000, "at_start": False, "val_size": 2, "batch_size": 2},
+            "tracking": {"swanlab": "off"}}))
+        return [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in m]
+
+    shared, cached = losses("shared_prefix"), losses("prefix_kv")
+    assert len(shared) == len(cached) == 4
+    assert cached == pytest.approx(shared, rel=1e-3)
+    assert cached[-1] < cached[0]
+
+
 def test_loss_is_scaled_back_up_by_the_number_of_processes(tmp_path, tiny_model_dir, qwen_tokenizer,
                                                            monkeypatch):
     """Under DDP `num_items_in_batch` is summed over processes while gradients are averaged:

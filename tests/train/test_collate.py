@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from nerft.prompt import Task
-from nerft.train.collate import PackedCollator, answer_only_loss, common_prefix_length
+from nerft.train.collate import (PackedCollator, answer_only_loss, common_prefix_length,
+                                 prefix_keys_values)
 from nerft.train.encode import encode_examples
 
 
@@ -37,7 +38,7 @@ def token_mean_one_by_one(model, encoded):
     return total / count
 
 
-@pytest.mark.parametrize("layout", ["shared_prefix", "flat", "none"])
+@pytest.mark.parametrize("layout", ["shared_prefix", "flat", "none", "prefix_kv"])
 def test_packed_loss_equals_one_by_one(model_and_batch, layout):
     model, encoded = model_and_batch
     with torch.no_grad():
@@ -56,7 +57,7 @@ def test_examples_with_the_same_text_in_one_micro_batch(model_and_batch, attn):
     try:
         with torch.no_grad():
             reference = token_mean_one_by_one(model, twice)
-            for layout in ("shared_prefix", "flat"):
+            for layout in ("shared_prefix", "flat", "prefix_kv"):
                 loss, _ = answer_only_loss(model, PackedCollator(layout)(twice))
                 assert abs(float(loss) - reference) < 1e-4, layout
     finally:
@@ -106,3 +107,38 @@ def test_gradients_match_too(model_and_batch):
     packed = grad_of(PackedCollator("shared_prefix")(encoded))
     separate = sum(grad_of(PackedCollator("none")([e])) for e in encoded)
     assert float((packed - separate).norm() / separate.norm()) < 1e-5
+
+
+def test_prefix_kv_loss_and_gradients_equal_one_by_one(model_and_batch):
+    """The prefix runs once and its keys/values serve every example, padded to the longest;
+    loss and gradient (also of a weight the prefix alone reaches through its keys/values)
+    equal running each example on its own."""
+    model, encoded = model_and_batch
+    batch = PackedCollator("prefix_kv")(encoded)
+    p = batch["prefix_ids"].shape[1]
+    assert p > 50 and batch["input_ids"].shape == (len(encoded), max(len(e) for e in encoded) - p)
+    with torch.no_grad():
+        loss, n = answer_only_loss(model, batch)
+        reference = token_mean_one_by_one(model, encoded)
+    assert n == sum(sum(l != -100 for l in e.labels) for e in encoded)
+    assert abs(float(loss) - reference) < 1e-4
+    weight = model.model.layers[0].self_attn.k_proj.weight
+
+    def grad_of(b):
+        model.zero_grad()
+        loss, _ = answer_only_loss(model, b, num_items=1)
+        loss.backward()
+        return weight.grad.clone()
+
+    packed = grad_of(batch)
+    separate = sum(grad_of(PackedCollator("none")([e])) for e in encoded)
+    assert float((packed - separate).norm() / separate.norm()) < 1e-5
+    # guard: with the prefix's keys/values cut from the graph, the gradient differs
+    with torch.no_grad():
+        cut = prefix_keys_values(model, batch["prefix_ids"], len(encoded))
+    model.zero_grad()
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "prefix_ids")}
+    logits = model(**inputs, cache=cut, use_cache=False).logits[:, :-1]
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                      batch["labels"][:, 1:].reshape(-1), reduction="sum").backward()
+    assert float((weight.grad - separate).norm() / separate.norm()) > 1e-3
