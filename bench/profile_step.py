@@ -4,7 +4,7 @@
     python -m bench.profile_step --side baseline --model demo
 
 Builds one optimizer step's 16 training rows exactly as each side's training does (nerft:
-`encode_examples` + `PackedCollator("shared_prefix")` + `answer_only_loss` on the LoRA model
+`encode_examples` + `PackedCollator(--packing)` + `answer_only_loss` on the LoRA model
 from `apply_method`; baseline: bench/baseline.py's encoding, collator, gradient checkpointing
 and HF loss, one micro-batch of 4), times collate / forward / backward / optimizer, and prints
 the operators that take the most time.
@@ -35,7 +35,8 @@ def _rows(n: int, skip: int = 0):
     return prep.labels, rows, [raw[ex.text] for ex in rows]
 
 
-def nerft_step(source: str, n: int, lora_dropout: float):
+def nerft_step(source: str, n: int, lora_dropout: float, packing: str = "shared_prefix",
+               top_k_layers: int | None = None):
     from nerft.config import MethodConfig
     from nerft.model import load_model_and_tokenizer
     from nerft.prompt import Task
@@ -47,10 +48,10 @@ def nerft_step(source: str, n: int, lora_dropout: float):
     model, tokenizer = load_model_and_tokenizer(source)
     model.set_attn_implementation("sdpa")
     model.config.use_cache = False
-    model, _ = apply_method(model, MethodConfig(lora_dropout=lora_dropout))
+    model, _ = apply_method(model, MethodConfig(lora_dropout=lora_dropout, top_k_layers=top_k_layers))
     model.train()
     enc, _ = encode_examples(tokenizer, Task(tuple(labels)), rows, 384)
-    collator = PackedCollator("shared_prefix", pad_id=tokenizer.pad_token_id or 0)
+    collator = PackedCollator(packing, pad_id=tokenizer.pad_token_id or 0)
     return model, lambda: [collator(enc)], lambda m, b: answer_only_loss(m, b)[0]
 
 
@@ -79,9 +80,14 @@ def main(argv=None):
                    "with the process's user/system CPU time and page faults per step")
     p.add_argument("--lora-dropout", type=float, default=0.1,
                    help="nerft side: LoRA dropout (0.1 is the recipe's; 0 shows what dropout costs)")
+    p.add_argument("--packing", default="shared_prefix", choices=["shared_prefix", "flat", "none", "prefix_kv"],
+                   help="nerft side: the micro-batch layout (training.packing)")
+    p.add_argument("--top-k-layers", type=int, default=None,
+                   help="nerft side: LoRA on the top K blocks only (method.top_k_layers)")
     args = p.parse_args(argv)
     source, folder = model_folder(args.model)
-    model, collate, loss_fn = (nerft_step(source, args.rows, args.lora_dropout) if args.side == "nerft"
+    model, collate, loss_fn = (nerft_step(source, args.rows, args.lora_dropout, args.packing,
+                                          args.top_k_layers) if args.side == "nerft"
                                else baseline_step(folder, args.rows))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     t = time.perf_counter()
