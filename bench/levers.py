@@ -83,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=None,
                    help="time to F1: the validation F1 to reach (default: the baseline's own "
                         "F1 after --samples)")
+    p.add_argument("--reuse-baseline", action="store_true",
+                   help="take the baseline's side from the last run in --work (its result file), "
+                        "when it was run with exactly the settings this run would give it; the "
+                        "table says so")
     p.add_argument("--max-new-tokens", type=int, default=None, help="the baseline decoder's "
                    "budget (default 512; 16 with --quick, where a random model never stops)")
     add_shared_options(p)
@@ -203,7 +207,10 @@ def markdown(r: dict) -> str:
         f"adapts; validation F1 on {r['rows']['val']} rows after those samples"
         + (" (a lever may then train on toward the target F1 below: its speeds are over every "
            "step it ran)" if r.get("time_to_f1") else "") + ". "
-        f"Command: `{r['command']}`.", "",
+        f"Command: `{r['command']}`."
+        + (" **The baseline's row is reused** from an earlier run in the same work folder with "
+           "the same settings (`--reuse-baseline`); its speed was measured then, not in this "
+           "run." if r.get("baseline_reused") else ""), "",
         "| lever | settings | samples/s | x baseline | answer tokens/s | GFLOP/s (% of peak) "
         "| trainable params | val F1, own reader (parse) | val F1, shared reader (parse) "
         "| F1 - default | peak RSS training (MiB) |",
@@ -268,6 +275,23 @@ def time_to_f1_lines(r: dict) -> list[str]:
     return lines
 
 
+def reused_baseline(work: Path, spec: dict) -> dict:
+    """The baseline side's result from an earlier run in `work`, if its spec equals `spec`
+    (same rows, model, samples, checkpoints and readers); otherwise a clear error."""
+    import json
+
+    spec_path, out_path = work / "train-baseline.spec.json", work / "train-baseline.json"
+    if not out_path.is_file():
+        raise SystemExit(f"--reuse-baseline: {out_path} not found (no finished baseline run in {work})")
+    earlier = json.loads(spec_path.read_text(encoding="utf-8"))
+    differs = sorted(k for k in set(earlier) | set(spec) if earlier.get(k) != spec.get(k))
+    if differs:
+        raise SystemExit(f"--reuse-baseline: {spec_path} was run with other settings "
+                         f"({', '.join(differs)}); run without --reuse-baseline")
+    print(f"[bench] train-baseline reused from {out_path}", file=sys.stderr, flush=True)
+    return json.loads(out_path.read_text(encoding="utf-8"))
+
+
 def failed_row(name: str, overrides: list[str], error: SideFailed) -> dict:
     text = str(error)
     last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), text)
@@ -300,8 +324,11 @@ def main(argv=None) -> dict:
     every_steps = args.every // 16 if args.every else None
     base = None
     try:
-        base = run_side("train-baseline", {**spec, "baseline_f1": args.baseline_f1,
-                                           "eval_every_steps": every_steps}, work)
+        base_spec = {**spec, "baseline_f1": args.baseline_f1, "eval_every_steps": every_steps}
+        base = reused_baseline(work, base_spec) if args.reuse_baseline else None
+        result["baseline_reused"] = base is not None
+        if base is None:
+            base = run_side("train-baseline", base_spec, work)
         at = base["f1_at_samples"] or {}
         common = at.get("common_reader") or {}
         result["baseline"] = {

@@ -268,7 +268,8 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
     for item in spec.get("nerft_overrides", ()):
         apply_override(raw, item)
     config = Config.model_validate(raw)
-    summary = workflow.train(config, console=Console(stderr=True))
+    # the bench owns its work folder: a run left there by an earlier bench starts afresh
+    summary = workflow.train(config, console=Console(stderr=True), overwrite=True)
     result = log.summary()
     by_step = {e["step"]: e for e in result["evaluations"]}
     at_samples = by_step.get(steps_at_samples, {})
