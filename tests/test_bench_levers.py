@@ -124,3 +124,19 @@ def test_time_to_target_is_the_first_score_at_or_above_it():
     lines = time_to_f1_lines(r)
     assert "| baseline | 64: 0.200, 128: 0.400 | 128 samples | 10.0 min | - |" in lines
     assert "| default | 64: 0.410, 128: 0.390 | 64 samples | 1.0 min | 10.00 |" in lines
+
+
+def test_reuse_baseline_only_with_identical_settings(tmp_path):
+    import pytest
+
+    from bench.levers import reused_baseline
+
+    spec = {"samples": 256, "val": 100, "eval_every_steps": 8}
+    with pytest.raises(SystemExit, match="not found"):
+        reused_baseline(tmp_path, spec)
+    (tmp_path / "train-baseline.spec.json").write_text(json.dumps({**spec, "samples": 128}))
+    (tmp_path / "train-baseline.json").write_text(json.dumps({"samples_per_s": 0.2}))
+    with pytest.raises(SystemExit, match=r"other settings \(samples\)"):
+        reused_baseline(tmp_path, spec)
+    (tmp_path / "train-baseline.spec.json").write_text(json.dumps(spec))
+    assert reused_baseline(tmp_path, spec) == {"samples_per_s": 0.2}
