@@ -1,6 +1,6 @@
 """Collators: turn a micro-batch of encoded examples into model inputs.
 
-Three layouts, all giving exactly the gradient of running each example on its own:
+Four layouts, all giving exactly the gradient of running each example on its own:
 - `shared_prefix`: the micro-batch becomes one row. The token prefix all its examples share (the
   system turn) is stored once; each example's remaining tokens follow, with position ids that
   continue after the prefix, and a 4D mask lets each example see the prefix and itself only.
