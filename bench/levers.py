@@ -20,6 +20,7 @@ the table.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -31,26 +32,30 @@ from bench.run import (SideFailed, add_shared_options, data_dir, machine_before,
                        run_side)
 
 # name -> the `nerft train` overrides it sets; besides these, `top-K` (any K) adapts the top K
-# blocks only, and `combined` is lora_dropout=0 with the top --combined-top-k blocks.
+# blocks only, `combined` is lora_dropout=0 with the top --combined-top-k blocks, and levers
+# joined by "+" (e.g. dropout-0+compact) set all their overrides together.
 LEVERS: dict[str, list[str]] = {
     "default": [],
     "dropout-0": ["method.lora_dropout=0"],
     "packing-flat": ["training.packing=flat"],
     "prefix-kv": ["training.packing=prefix_kv"],
+    "compact": ["data.answer_format=compact"],
 }
 FULL_LEVERS = ["default", "dropout-0", "top-16", "top-12", "top-8", "packing-flat", "prefix-kv",
-               "combined"]
+               "compact", "combined"]
 # --quick: a tiny random model with 4 blocks (each block costs the baseline's checkpointed,
 # one-token-at-a-time decoding dearly), so its top-k lever is top-2
 QUICK_TINY_LAYERS = 4
-QUICK_LEVERS = ["default", "dropout-0", "top-2", "packing-flat", "prefix-kv", "combined"]
+QUICK_LEVERS = ["default", "dropout-0", "top-2", "packing-flat", "prefix-kv", "compact", "combined"]
 
 
 def lever_name(name: str) -> str:
-    if name in LEVERS or name == "combined" or re.fullmatch(r"top-[1-9][0-9]*", name):
-        return name
-    raise argparse.ArgumentTypeError(
-        f"unknown lever {name!r}: choose from {', '.join(LEVERS)}, combined, top-K (e.g. top-8)")
+    for part in name.split("+"):
+        if not (part in LEVERS or part == "combined" or re.fullmatch(r"top-[1-9][0-9]*", part)):
+            raise argparse.ArgumentTypeError(
+                f"unknown lever {part!r}: choose from {', '.join(LEVERS)}, combined, top-K "
+                "(e.g. top-8), or several joined by + (e.g. dropout-0+compact)")
+    return name
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,6 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def overrides_of(name: str, combined_top_k: int) -> list[str]:
+    if "+" in name:
+        return [o for part in name.split("+") for o in overrides_of(part, combined_top_k)]
     if name == "combined":
         return ["method.lora_dropout=0", f"method.top_k_layers={combined_top_k}"]
     if name.startswith("top-"):
@@ -167,6 +174,7 @@ def nerft_row(name: str, overrides: list[str], side: dict, base: dict | None, pe
         "same_lora_start_as_baseline": base is not None and shared_lora_start(base, side),
         "order": side["order"][:samples], "curve": curve_of(side),
         "method": side["config"]["method"], "packing": side["config"]["training"]["packing"],
+        "answer_format": side["config"]["data"]["answer_format"],
     }
 
 
@@ -278,8 +286,6 @@ def time_to_f1_lines(r: dict) -> list[str]:
 def reused_baseline(work: Path, spec: dict) -> dict:
     """The baseline side's result from an earlier run in `work`, if its spec equals `spec`
     (same rows, model, samples, checkpoints and readers); otherwise a clear error."""
-    import json
-
     spec_path, out_path = work / "train-baseline.spec.json", work / "train-baseline.json"
     if not out_path.is_file():
         raise SystemExit(f"--reuse-baseline: {out_path} not found (no finished baseline run in {work})")

@@ -7,7 +7,8 @@ Builds one optimizer step's 16 training rows exactly as each side's training doe
 `encode_examples` + `PackedCollator(--packing)` + `answer_only_loss` on the LoRA model
 from `apply_method`; baseline: bench/baseline.py's encoding, collator, gradient checkpointing
 and HF loss, one micro-batch of 4), times collate / forward / backward / optimizer, and prints
-the operators that take the most time.
+the operators that take the most time. `--compile` wraps the model in `torch.compile`
+(inductor) first; its first step then includes the compilation, which is printed apart.
 """
 
 from __future__ import annotations
@@ -84,12 +85,22 @@ def main(argv=None):
                    help="nerft side: the micro-batch layout (training.packing)")
     p.add_argument("--top-k-layers", type=int, default=None,
                    help="nerft side: LoRA on the top K blocks only (method.top_k_layers)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (inductor, dynamic shapes: training's packed "
+                        "rows change length every step) and time one warm-up step apart")
     args = p.parse_args(argv)
     source, folder = model_folder(args.model)
     model, collate, loss_fn = (nerft_step(source, args.rows, args.lora_dropout, args.packing,
                                           args.top_k_layers) if args.side == "nerft"
                                else baseline_step(folder, args.rows))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
+        t = time.perf_counter()
+        for b in collate():  # the compilation happens here, outside every figure below
+            loss_fn(model, b).backward()
+        opt.zero_grad(set_to_none=True)
+        print(f"compile + first step: {time.perf_counter() - t:.1f}s", flush=True)
     t = time.perf_counter()
     batches = collate()
     times = {"collate": time.perf_counter() - t, "forward": 0.0, "backward": 0.0}

@@ -28,16 +28,20 @@ from nerft.prompt import Task, parse_answer
 EVAL_BATCH = 16  # nerft's default eval.batch_size, used for every generate_answers call here
 
 
-def read_answer(answer: str, text: str, labels: tuple[str, ...]):
+def read_answer(answer: str, text: str, labels: tuple[str, ...], answer_format: str = "json"):
     """The reader used for every answer here, whatever its format: objects written back to back
     (the worked example's format) are split where one closes and the next opens, then read by
-    nerft's parser. nerft's one-object-per-line answers pass through unchanged."""
-    return parse_answer(re.sub(r"\}\s*\{", "}\n{", answer), text, labels)
+    nerft's parser. nerft's one-object-per-line answers pass through unchanged, and so do
+    compact answers (a lever that trains nerft's compact format)."""
+    if answer_format == "json":
+        answer = re.sub(r"\}\s*\{", "}\n{", answer)
+    return parse_answer(answer, text, labels, answer_format)
 
 
-def score(examples: list[Example], answers: list[str], labels: tuple[str, ...]) -> dict:
+def score(examples: list[Example], answers: list[str], labels: tuple[str, ...],
+          answer_format: str = "json") -> dict:
     """Strict micro F1 and parse rate (`read_answer`), the same for both sides."""
-    parsed = [read_answer(a, ex.text, labels) for a, ex in zip(answers, examples)]
+    parsed = [read_answer(a, ex.text, labels, answer_format) for a, ex in zip(answers, examples)]
     micro = score_corpus([ex.entities for ex in examples], [p.spans for p in parsed], "strict").micro
     return {"f1": micro.f1, "precision": micro.precision, "recall": micro.recall,
             "parse_rate": sum(p.well_formed for p in parsed) / max(len(parsed), 1)}
@@ -76,7 +80,7 @@ def budget_of(spec: dict):
 
 
 def common_reader(spec: dict, model, tokenizer, prompts: list[list[int]], examples: list[Example],
-                  labels: tuple[str, ...]) -> dict:
+                  task: Task) -> dict:
     """F1 with the reader both sides share: each side's own prompt, no constraint, greedy
     `model.generate`, nerft's per-sentence budget and stop tokens, `read_answer`."""
     from nerft.chat import stop_token_ids
@@ -85,7 +89,7 @@ def common_reader(spec: dict, model, tokenizer, prompts: list[list[int]], exampl
     answers, generated = generate_one_by_one(
         model, tokenizer, prompts, [budget_of(spec)(ex.text) for ex in examples],
         sorted(stop_token_ids(tokenizer, getattr(model, "generation_config", None))))
-    return {**score(examples, answers, labels), "generated_tokens": generated,
+    return {**score(examples, answers, task.labels, task.answer_format), "generated_tokens": generated,
             "eval_seconds": time.perf_counter() - start}
 
 
@@ -172,7 +176,7 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
         else:
             own = own_reader()
         common = (common_reader(spec, model, tokenizer, baseline_prompts(tokenizer, [ex.text for ex in val]),
-                                val, task.labels) if spec.get("common_reader", True) else None)
+                                val, task) if spec.get("common_reader", True) else None)
     return {**trained, "evaluations": checkpoints,
             "f1_at_samples": {"samples": log.summary()["samples"], **own, "common_reader": common}}
 
@@ -204,50 +208,10 @@ class _LoraSnapshots:
                 p.copy_(weights[name])
 
 
-def train_nerft(spec: dict, rss: RssSampler) -> dict:
-    from rich.console import Console
-    from transformers import AutoTokenizer
-
-    import nerft.train.workflow as workflow
+def nerft_config(spec: dict, max_steps: int, steps_at_samples: int):
+    """The bench's nerft settings, with a lever's overrides (bench.levers) applied."""
     from nerft.config import Config, apply_override
-    from nerft.train.encode import encode_examples
 
-    task = Task(tuple(spec["labels"]))
-    tok_rows = _load(spec, "tokenise.jsonl")
-    with rss.phase("tokenise"):
-        tokenizer = AutoTokenizer.from_pretrained(spec["model_folder"])
-        start = time.perf_counter()
-        _, report = encode_examples(tokenizer, task, tok_rows, 384)
-        tokenise_s = time.perf_counter() - start
-
-    steps_at_samples = spec["samples"] // 16
-    budget = spec.get("wall_budget_s")
-    # time to F1 (bench.levers --every): evaluate every `every` steps, and past the first
-    # `samples` go on (to cap_samples at most) until the target F1 is reached
-    every = spec.get("eval_every_steps")
-    cap_steps = max(spec.get("cap_samples") or spec["samples"], spec["samples"]) // 16
-    max_steps = spec["nerft_max_steps"] if budget else cap_steps
-    eval_steps = {0, steps_at_samples} | (set(range(every, cap_steps + 1, every)) if every else set())
-    val = _load(spec, "val.jsonl")
-    from nerft.chat import encode_prompts
-
-    val_prompts = encode_prompts(tokenizer, task, [ex.text for ex in val])
-    with_common = spec.get("common_reader", True)
-    log = StepLog(16, spec["count_flops"], wall_budget_s=budget, rss=rss,
-                  eval_at_steps=eval_steps, min_steps=steps_at_samples,
-                  lora_seed=spec["seed"], target_f1=spec.get("target_f1"),
-                  on_eval=(lambda model: common_reader(spec, model, tokenizer, val_prompts, val,
-                                                       task.labels)) if with_common else None)
-    order: list[str] = []
-
-    class RecordingCollator(workflow.PackedCollator):
-        def __call__(self, batch):
-            if log.phase == "train":  # training batches only, not the eval loss
-                order.extend(e.id for e in batch)
-            return super().__call__(batch)
-
-    workflow.NerTrainer = instrumented(workflow.NerTrainer, log)
-    workflow.PackedCollator = RecordingCollator
     work = Path(spec["work"])
     raw = {
         "data": {"dir": str(work / "data"), "max_length": 384},
@@ -267,7 +231,53 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
     # parses its command-line overrides; everything else stays as above.
     for item in spec.get("nerft_overrides", ()):
         apply_override(raw, item)
-    config = Config.model_validate(raw)
+    return Config.model_validate(raw)
+
+
+def train_nerft(spec: dict, rss: RssSampler) -> dict:
+    from rich.console import Console
+    from transformers import AutoTokenizer
+
+    import nerft.train.workflow as workflow
+    from nerft.train.encode import encode_examples
+
+    steps_at_samples = spec["samples"] // 16
+    budget = spec.get("wall_budget_s")
+    # time to F1 (bench.levers --every): evaluate every `every` steps, and past the first
+    # `samples` go on (to cap_samples at most) until the target F1 is reached
+    every = spec.get("eval_every_steps")
+    cap_steps = max(spec.get("cap_samples") or spec["samples"], spec["samples"]) // 16
+    max_steps = spec["nerft_max_steps"] if budget else cap_steps
+    eval_steps = {0, steps_at_samples} | (set(range(every, cap_steps + 1, every)) if every else set())
+    config = nerft_config(spec, max_steps, steps_at_samples)
+    task = Task(tuple(spec["labels"]), config.data.answer_format)
+    tok_rows = _load(spec, "tokenise.jsonl")
+    with rss.phase("tokenise"):
+        tokenizer = AutoTokenizer.from_pretrained(spec["model_folder"])
+        start = time.perf_counter()
+        _, report = encode_examples(tokenizer, task, tok_rows, 384)
+        tokenise_s = time.perf_counter() - start
+
+    val = _load(spec, "val.jsonl")
+    from nerft.chat import encode_prompts
+
+    val_prompts = encode_prompts(tokenizer, task, [ex.text for ex in val])
+    with_common = spec.get("common_reader", True)
+    log = StepLog(16, spec["count_flops"], wall_budget_s=budget, rss=rss,
+                  eval_at_steps=eval_steps, min_steps=steps_at_samples,
+                  lora_seed=spec["seed"], target_f1=spec.get("target_f1"),
+                  on_eval=(lambda model: common_reader(spec, model, tokenizer, val_prompts, val,
+                                                       task)) if with_common else None)
+    order: list[str] = []
+
+    class RecordingCollator(workflow.PackedCollator):
+        def __call__(self, batch):
+            if log.phase == "train":  # training batches only, not the eval loss
+                order.extend(e.id for e in batch)
+            return super().__call__(batch)
+
+    workflow.NerTrainer = instrumented(workflow.NerTrainer, log)
+    workflow.PackedCollator = RecordingCollator
     # the bench owns its work folder: a run left there by an earlier bench starts afresh
     summary = workflow.train(config, console=Console(stderr=True), overwrite=True)
     result = log.summary()
@@ -331,7 +341,8 @@ def infer(spec: dict, rss: RssSampler, role: str) -> dict:
             "answer_tokens": answer_tokens, "answer_tokens_per_s": answer_tokens / seconds,
             "generated_tokens": generated,
             "generated_tokens_per_s": generated / seconds if generated is not None else None,
-            "decoder_steps": stats, **score(examples, answers, task.labels), "all_answers": answers}
+            "decoder_steps": stats, **score(examples, answers, task.labels, task.answer_format),
+            "all_answers": answers}
 
 
 def main(argv: list[str]) -> None:

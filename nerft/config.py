@@ -7,7 +7,7 @@ model each, so an unknown key or a wrong type is an error that names the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +22,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# How the model writes an answer (nerft.prompt writes and parses each one).
+AnswerFormatName = Literal["json", "compact"]
+ANSWER_FORMATS: tuple[str, ...] = get_args(AnswerFormatName)
+
+
 class DataConfig(_Section):
     dir: Path = Field(description="folder written by `nerft data prepare` (train/val/test.jsonl)")
     train_limit: Optional[int] = Field(None, ge=1, description="use only the first N training rows")
@@ -34,6 +39,9 @@ class DataConfig(_Section):
     replay_share: float = Field(
         0.3, ge=0, lt=1, description="with init_from: the share of the training rows drawn "
         "(seeded) from the parent run's own training data, so old skills are not forgotten")
+    answer_format: AnswerFormatName = Field(
+        "json", description="how the model writes its answer: the worked example's JSON lines, "
+        "or compact '\"text\": \"label\"' lines (about half the answer tokens)")
 
 
 class ModelConfig(_Section):

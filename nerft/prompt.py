@@ -1,8 +1,10 @@
 """The NER task as the model sees it: instruction, answer format, and the parser back to spans.
 
-This is the one place that knows the answer format. The format follows the worked example
-(LoRA instruction tuning of Qwen2 on ccfbdci): one JSON object per entity, one per line, in sentence order, and a fixed phrase when
-there is no entity.
+This is the one place that knows the answer formats. The default, "json", follows the worked
+example (LoRA instruction tuning of Qwen2 on ccfbdci): one JSON object per entity, one per line,
+in sentence order, and a fixed phrase when there is no entity. "compact" writes one
+`"text": "label"` pair per line (JSON strings, so the same escaping and the same constrained
+decoder apply): about half the answer tokens to train on and to decode.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from nerft.config import ANSWER_FORMATS
 from nerft.data.example import Span
 
 NO_ENTITY = "没有找到任何实体"
@@ -23,10 +26,12 @@ class Task:
     """The label set (names the model sees) and the messages built from it."""
 
     labels: tuple[str, ...]
+    answer_format: str = "json"
 
     def __post_init__(self):
         if not self.labels:
             raise ValueError("a task needs at least one label")
+        check_answer_format(self.answer_format)
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"duplicate label names in {self.labels}")
         for label in self.labels:
@@ -35,6 +40,13 @@ class Task:
     @property
     def system_prompt(self) -> str:
         kinds = "; ".join(self.labels)
+        if self.answer_format == "compact":
+            example = self.format_answer([Span(0, 2, self.example_label, "南京")])
+            return (
+                f"你是一个文本实体识别领域的专家，你需要从给定的句子中提取 {kinds} 实体. "
+                f'每个实体输出一行 "实体文本": "实体类型", 如 {example} '
+                f'找不到任何实体时, 输出"{NO_ENTITY}".'
+            )
         example = json.dumps({TEXT_KEY: "南京", LABEL_KEY: self.example_label}, ensure_ascii=False)
         return (
             f"你是一个文本实体识别领域的专家，你需要从给定的句子中提取 {kinds} 实体. "
@@ -51,6 +63,12 @@ class Task:
             if candidate in self.labels:
                 return candidate
         return self.labels[0]
+
+    def format_answer(self, entities: list[Span]) -> str:
+        return format_answer(entities, self.answer_format)
+
+    def parse_answer(self, answer: str, sentence: str) -> "ParsedAnswer":
+        return parse_answer(answer, sentence, self.labels, self.answer_format)
 
     def messages(self, text: str, answer: str | None = None) -> list[dict]:
         """Chat messages for one sentence; with `answer`, the full training conversation."""
@@ -84,14 +102,26 @@ def user_message(text: str) -> str:
     return f"文本:{text}"
 
 
-def format_answer(entities: list[Span]) -> str:
+def check_answer_format(answer_format: str) -> None:
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer format {answer_format!r}: choose from {', '.join(ANSWER_FORMATS)}")
+
+
+def format_answer(entities: list[Span], answer_format: str = "json") -> str:
     """Serialise gold entities in sentence order: the text the model is trained to write."""
+    check_answer_format(answer_format)
     if not entities:
         return NO_ENTITY
     ordered = sorted(entities, key=lambda s: (s.start, s.end))
+    if answer_format == "compact":
+        return "\n".join(f"{_json_string(s.text)}: {_json_string(s.label)}" for s in ordered)
     return "\n".join(
         json.dumps({TEXT_KEY: s.text, LABEL_KEY: s.label}, ensure_ascii=False) for s in ordered
     )
+
+
+def _json_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -118,11 +148,12 @@ class ParsedAnswer:
         return [i.detail for i in self.issues if i.kind == "not_in_text"]
 
 
-def parse_answer(answer: str, sentence: str, labels: tuple[str, ...] | None = None) -> ParsedAnswer:
+def parse_answer(answer: str, sentence: str, labels: tuple[str, ...] | None = None,
+                 answer_format: str = "json") -> ParsedAnswer:
     """Turn an answer back into spans of `sentence`.
 
-    Objects may be separated by newlines or written back to back (the worked example's own
-    output). A mention is placed at the first occurrence of its text that does not overlap a
+    json: objects may be separated by newlines or written back to back (the worked example's
+    own output). compact: one `"text": "label"` pair per line. A mention is placed at the first occurrence of its text that does not overlap a
     span already placed, searching first after the previous mention (answers are in sentence
     order), then after the previous mention of the same text: repeated mentions map to
     successive occurrences in order.
@@ -134,9 +165,16 @@ def parse_answer(answer: str, sentence: str, labels: tuple[str, ...] | None = No
             result.issues.append(ParseIssue("malformed", "empty answer"))
         return result
 
-    decoder = json.JSONDecoder()
+    check_answer_format(answer_format)
     taken: list[tuple[int, int]] = []
     cursor: dict[str, int] = {}
+    if answer_format == "compact":
+        for line in body.splitlines():
+            for obj in _compact_line(line.strip(), result):
+                _place_mention(obj, sentence, labels, result, taken, cursor)
+        result.spans.sort()
+        return result
+    decoder = json.JSONDecoder()
     pos = 0
     while pos < len(body):
         while pos < len(body) and body[pos] in " \t\r\n":
@@ -161,6 +199,28 @@ def parse_answer(answer: str, sentence: str, labels: tuple[str, ...] | None = No
         _place_mention(obj, sentence, labels, result, taken, cursor)
     result.spans.sort()
     return result
+
+
+def _compact_line(line: str, result: ParsedAnswer) -> list[dict]:
+    """The mentions of one compact line (`"text": "label"`), as json-format objects."""
+    if not line:
+        return []
+    if line == NO_ENTITY:
+        result.issues.append(ParseIssue("malformed", "no-entity phrase mixed with entities"))
+        return []
+    try:
+        pairs = json.loads("{" + line + "}", object_pairs_hook=list)
+    except json.JSONDecodeError:
+        result.issues.append(ParseIssue("malformed", f"not a \"text\": \"label\" line: {line[:60]!r}"))
+        return []
+    out = []
+    for text, label in pairs:
+        if isinstance(text, str) and text and isinstance(label, str):
+            out.append({TEXT_KEY: text, LABEL_KEY: label})
+        else:
+            result.issues.append(ParseIssue("bad_field", f"needs a non-empty text and a label, "
+                                                         f"both strings: {line[:80]!r}"))
+    return out
 
 
 def _place_mention(obj, sentence, labels, result: ParsedAnswer, taken, cursor) -> None:

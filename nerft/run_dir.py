@@ -33,7 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from nerft.cache import sha256_file
-from nerft.config import Config, ModelConfig, dump_config
+from nerft.config import ANSWER_FORMATS, Config, ModelConfig, dump_config
 from nerft.errors import NerftError
 
 
@@ -107,6 +107,16 @@ class RunDir:
         if not labels or not all(isinstance(x, str) for x in labels):
             raise RunDirError(f"{self.run_json}: no labels recorded; pass --labels")
         return tuple(labels)
+
+    def answer_format(self) -> str:
+        """The answer format the run was trained with (data.answer_format; runs from before
+        the setting existed wrote JSON lines)."""
+        data = self.raw_config().get("data")
+        found = data.get("answer_format", "json") if isinstance(data, dict) else "json"
+        if found not in ANSWER_FORMATS:
+            raise RunDirError(f"{self.config_yaml}: data.answer_format {found!r} is not one of "
+                              f"{', '.join(ANSWER_FORMATS)}")
+        return found
 
     def weights(self) -> Path:
         """The folder to load: best/ (best validation F1), else final/."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # top-8 cannot run on the 4-block tiny model: its row must report that, not end the run
-LEVERS = ["default", "dropout-0", "top-2", "top-8", "packing-flat", "prefix-kv", "combined"]
+LEVERS = ["default", "dropout-0", "top-2", "top-8", "packing-flat", "prefix-kv", "combined",
+          "dropout-0+compact"]
 
 
 def _close(a, b, rel=2e-3) -> bool:
@@ -46,6 +47,12 @@ def test_quick_levers_one_row_each_on_equal_terms(tmp_path, shared_data):
     assert by["packing-flat"]["packing"] == "flat" and by["default"]["packing"] == "shared_prefix"
     assert by["prefix-kv"]["packing"] == "prefix_kv"
     assert by["combined"]["method"]["lora_dropout"] == 0 and by["combined"]["method"]["top_k_layers"] == 3
+    both = by["dropout-0+compact"]
+    assert both["overrides"] == ["method.lora_dropout=0", "data.answer_format=compact"]
+    assert both["answer_format"] == "compact" and both["method"]["lora_dropout"] == 0
+    assert by["default"]["answer_format"] == "json"
+    # the compact answers of the same samples: fewer tokens to train on
+    assert both["answer_tokens"] < 0.8 * by["default"]["answer_tokens"]
 
     for x in [base, *rows]:
         # the same first samples, in the same order, as the baseline

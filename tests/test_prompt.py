@@ -66,6 +66,41 @@ def test_instruction_lists_every_label_and_the_no_entity_phrase():
         Task(("人名", "人名"))
 
 
+def test_compact_answer_is_one_text_label_pair_per_line():
+    task = Task(LABELS, "compact")
+    answer = task.format_answer(list(reversed(GOLD)))
+    assert answer.split("\n") == ['"菲律宾": "地理实体"', '"埃斯特拉达": "人名"',
+                                  '"马尼拉": "地理实体"', '"菲律宾": "地理实体"']
+    assert task.parse_answer(answer, SENT).spans == GOLD
+    # texts are JSON strings: quotes and backslashes of the sentence survive the round trip
+    text = '他说"北京\\上海"很近'
+    quoted = [Span(2, 3, "地点", '"'), Span(5, 8, "组织", "\\上海")]
+    assert task.parse_answer(task.format_answer(quoted), text).spans == quoted
+    assert task.format_answer([]) == NO_ENTITY and task.parse_answer(NO_ENTITY, SENT).well_formed
+    # the instruction shows the compact line, and the JSON instruction is left as it was
+    assert '"南京": "地理实体"' in task.system_prompt and "json" not in task.system_prompt
+    assert Task(LABELS).system_prompt != task.system_prompt
+    assert "entity_text" in Task(LABELS).system_prompt
+
+
+def test_compact_parser_reports_what_does_not_fit():
+    task = Task(LABELS, "compact")
+    answer = ('"马尼拉": "地理实体"\n'
+              '"北京": "地理实体"\n'        # not in the sentence
+              '"菲律宾": "国家"\n'          # label not in the set
+              '"菲律宾": 3\n'               # label not a string
+              f'{NO_ENTITY}\n'              # mixed with entities
+              '{"entity_text": "菲律宾", "entity_label": "地理实体"}\n'  # the other format
+              '"埃斯特拉达": "人')            # cut off
+    parsed = task.parse_answer(answer, SENT)
+    assert parsed.spans == [Span(11, 14, "地理实体", "马尼拉")]
+    assert [i.kind for i in parsed.issues] == ["not_in_text", "unknown_label", "bad_field",
+                                               "malformed", "malformed", "malformed"]
+    assert not parsed.well_formed
+    with pytest.raises(ValueError, match="answer format 'yaml'"):
+        Task(LABELS, "yaml")
+
+
 @pytest.mark.parametrize("inputs", [
     ["ccfbdci/ccfbdci.jsonl"],
     ["CLUENER2020/cluener_public/train.json", "CLUENER2020/cluener_public/dev.json"],
@@ -75,6 +110,7 @@ def test_instruction_lists_every_label_and_the_no_entity_phrase():
 def test_round_trip_on_real_corpora(shared_data, inputs):
     prep = prepare([shared_data / p for p in inputs])
     examples = [ex for split in prep.splits.values() for ex in split]
+    compact = Task(tuple(prep.labels), "compact")
     exact = 0
     for ex in examples:
         parsed = parse_answer(format_answer(ex.entities), ex.text, tuple(prep.labels))
@@ -85,4 +121,6 @@ def test_round_trip_on_real_corpora(shared_data, inputs):
         assert Counter((s.text, s.label) for s in parsed.spans) == \
             Counter((s.text, s.label) for s in ex.entities), ex.id
         exact += parsed.spans == sorted(ex.entities)
+        # the compact format names the same entities the same way
+        assert compact.parse_answer(compact.format_answer(ex.entities), ex.text).spans == parsed.spans
     assert exact / len(examples) > 0.995

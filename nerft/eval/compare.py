@@ -147,6 +147,6 @@ def predict_data_sets(model_ref: str, data_sets: list[tuple[str, list[Example]]]
     for _, examples in data_sets:
         answers = generator.generate([ex.text for ex in examples], batch_size=batch_size,
                                      constrained=constrained)
-        out.append([parse_answer(a, ex.text, task.labels).spans for a, ex in zip(answers, examples)])
+        out.append([task.parse_answer(a, ex.text).spans for a, ex in zip(answers, examples)])
     del model, generator
     return out

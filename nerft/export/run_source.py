@@ -23,6 +23,7 @@ class RunSource:
     weights: Path  # RUN/best or RUN/final
     info: dict = field(default_factory=dict)  # run.json
     data_dir: Path | None = None
+    answer_format: str = "json"  # data.answer_format the run was trained with
 
     @property
     def is_adapter(self) -> bool:
@@ -72,7 +73,7 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
     try:
         rd = RunDir.open(Path(run))
         model, labels, weights, raw = rd.model_config(), rd.labels(), rd.weights(), rd.raw_config()
-        info = rd.info()
+        info, answer_format = rd.info(), rd.answer_format()
     except RunDirError as e:
         raise ExportError(str(e)) from e
     if not (weights / "adapter_config.json").is_file() and not (weights / "config.json").is_file():
@@ -83,4 +84,5 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
     return RunSource(run=rd.path, base=model.source, dtype=model.dtype,
                      trust_remote_code=trust_remote_code,
                      method=raw.get("method") if isinstance(raw.get("method"), dict) else {},
-                     labels=labels, weights=weights, info=info, data_dir=data_dir)
+                     labels=labels, weights=weights, info=info, data_dir=data_dir,
+                     answer_format=answer_format)

@@ -42,6 +42,11 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     src = read_run(run, trust_remote_code=trust_remote_code)
+    if src.answer_format != "json":
+        # task.json, the GBNF grammar and the model card describe JSON lines only
+        raise ExportError(f"{src.run}/config.yaml: data.answer_format is {src.answer_format!r}; "
+                          "nerft export writes the json answer format only (predict, eval and "
+                          "serve use the run folder directly)")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not empty; choose another --out")
@@ -145,9 +150,9 @@ def _export_merged(src: RunSource, out: Path, name: str, dtype: str, probes: int
     model.to(getattr(torch, saved_dtype)).save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_task(out, task_record(task, tokenizer, model.generation_config, base_model=src.base))
-    # `nerft predict/eval/serve OUT` read the label set from here.
-    (out / "nerft.json").write_text(json.dumps({"labels": list(task.labels)}, ensure_ascii=False) + "\n",
-                                    encoding="utf-8")
+    # `nerft predict/eval/serve OUT` read the label set and the answer format from here.
+    record = {"labels": list(task.labels), "answer_format": task.answer_format}
+    (out / "nerft.json").write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
     del model
     log(f"reloading {name} with AutoModelForCausalLM.from_pretrained alone")
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

@@ -1,10 +1,11 @@
 """Constrained decoding: the model can only write a well-formed answer about its own sentence.
 
-The answer language, over UTF-8 bytes (the pieces come from `format_answer`, so they are
-exactly the bytes training taught):
+The answer language, over UTF-8 bytes (the pieces come from `format_answer` in the task's
+answer format, so they are exactly the bytes training taught):
 
     answer = NO_ENTITY EOT  |  line (SEP line)* EOT
     line   = OPEN text MID label CLOSE        e.g. {"entity_text": "南京", "entity_label": "地点"}
+                                              or (compact) "南京": "地点"
 
 where `text` is the json-escaped form (json.dumps(ensure_ascii=False)) of a non-empty substring
 of the row's sentence and `label` one of the task's labels. Nothing else is enforced: mentions
@@ -50,9 +51,9 @@ class AnswerFormat:
     sep: bytes  # between two lines
 
     @classmethod
-    def from_format_answer(cls) -> "AnswerFormat":
-        one = format_answer([Span(0, 1, _LABEL, _TEXT)])
-        two = format_answer([Span(0, 1, _LABEL, _TEXT), Span(1, 2, _LABEL, _TEXT)])
+    def from_format_answer(cls, answer_format: str = "json") -> "AnswerFormat":
+        one = format_answer([Span(0, 1, _LABEL, _TEXT)], answer_format)
+        two = format_answer([Span(0, 1, _LABEL, _TEXT), Span(1, 2, _LABEL, _TEXT)], answer_format)
         open_, rest = one.split(_TEXT)
         mid, close = rest.split(_LABEL)
         sep = two[len(one):len(two) - len(one)]
@@ -355,7 +356,7 @@ class AnswerConstraint:
 
     def __init__(self, tokenizer, task: Task, texts: list[str], budgets: list[int]):
         vocab = token_bytes(tokenizer)
-        fmt = AnswerFormat.from_format_answer()
+        fmt = AnswerFormat.from_format_answer(task.answer_format)
         labels = tuple(escape(lb) for lb in task.labels)
         self.rows = [RowConstraint(vocab, fmt, labels, t, b) for t, b in zip(texts, budgets)]
 

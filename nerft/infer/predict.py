@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from nerft.config import ANSWER_FORMATS
 from nerft.data.example import Span
 from nerft.data.labels import PRESETS
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
-from nerft.prompt import ParsedAnswer, Task, parse_answer
+from nerft.prompt import ParsedAnswer, Task
 from nerft.run_dir import RunDir, RunDirError
 from nerft.errors import NerftError
 
@@ -49,33 +50,42 @@ def load_for_inference(path_or_source: str, labels: tuple[str, ...] | list[str] 
     from nerft.model import load_model_and_tokenizer
 
     path = Path(path_or_source).expanduser()
+    answer_format = "json"  # what a model nerft did not train has never seen otherwise
     if RunDir.is_run(path):
         model, tokenizer, run_labels = _load_run(RunDir(path), trust_remote_code)
+        try:
+            answer_format = RunDir(path).answer_format()
+        except RunDirError as e:
+            raise InferenceError(str(e)) from e
     else:
         if _looks_like_path(path_or_source) and not path.exists():
             raise InferenceError(f"{path_or_source}: no such run or model folder")
         model, tokenizer = load_model_and_tokenizer(path_or_source, trust_remote_code=trust_remote_code)
-        run_labels = _export_labels(path) if path.is_dir() else None
+        run_labels, answer_format = _export_record(path) if path.is_dir() else (None, "json")
     chosen = tuple(labels) if labels else run_labels or fallback_labels or DEFAULT_LABELS
     try:
-        task = Task(tuple(chosen))
+        task = Task(tuple(chosen), answer_format)
     except ValueError as e:
         raise InferenceError(f"labels {','.join(chosen)}: {e}") from e
     return model, tokenizer, task
 
 
-def _export_labels(folder: Path) -> tuple[str, ...] | None:
-    """The labels a merged `nerft export` folder records in nerft.json, if it is one."""
+def _export_record(folder: Path) -> tuple[tuple[str, ...] | None, str]:
+    """The labels and answer format a merged `nerft export` folder records in nerft.json, if it
+    is one (exports from before the answer format was recorded wrote JSON lines)."""
     record = folder / "nerft.json"
     if not record.is_file():
-        return None
+        return None, "json"
     try:
-        labels = json.loads(record.read_text(encoding="utf-8")).get("labels")
+        data = json.loads(record.read_text(encoding="utf-8"))
+        labels, answer_format = data.get("labels"), data.get("answer_format", "json")
     except (OSError, ValueError, AttributeError) as e:
         raise InferenceError(f"{record}: cannot read its labels ({e})") from e
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise InferenceError(f"{record}: field labels must be a list of names")
-    return tuple(labels)
+    if answer_format not in ANSWER_FORMATS:
+        raise InferenceError(f"{record}: field answer_format must be one of {', '.join(ANSWER_FORMATS)}")
+    return tuple(labels), answer_format
 
 
 def _looks_like_path(source: str) -> bool:
@@ -154,7 +164,7 @@ def predict_rows(generator: AnswerGenerator, rows: list[tuple[str, str]],
     answers = generator.decode(texts, options, progress).answers
     out = []
     for (i, t), a in zip(rows, answers):
-        parsed = parse_answer(a, t, generator.task.labels)
+        parsed = generator.task.parse_answer(a, t)
         out.append(Prediction(i, t, parsed.spans, a, parsed))
     return out
 

@@ -24,7 +24,7 @@ from nerft.infer.constrain import AnswerConstraint
 from nerft.infer.generate import AnswerGenerator
 from nerft.infer.stopping import answer_token_budget
 from nerft.chat import encode_prompts
-from nerft.prompt import Task, parse_answer
+from nerft.prompt import Task
 
 
 @dataclass
@@ -85,7 +85,7 @@ def rank_uncertain(model, tokenizer, task: Task, rows: list[tuple[str, str]], *,
         answer = tokenizer.decode(ids, skip_special_tokens=True)
         low = min(range(len(margins)), key=margins.__getitem__) if margins else None
         scored.append(Scored(
-            rid, text, answer, parse_answer(answer, text, task.labels).spans,
+            rid, text, answer, task.parse_answer(answer, text).spans,
             margins[low] if low is not None else math.inf, len(margins),
             tokenizer.decode(ids[:where[low]], skip_special_tokens=True) if low is not None else ""))
         if progress is not None:

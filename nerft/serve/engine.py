@@ -11,7 +11,7 @@ from nerft.data.example import Span
 from nerft.export.task_file import TASK_FILE, read_task
 from nerft.infer.generate import AnswerGenerator
 from nerft.infer.predict import InferenceError, load_for_inference
-from nerft.prompt import Task, parse_answer
+from nerft.prompt import Task
 from nerft.chat import encode_prompts
 
 
@@ -72,7 +72,7 @@ def sentence_decoder(model, tokenizer, task: Task, *, max_batch: int):
         out = []
         for text, row, prompt in zip(texts, rows, prompts):
             answer = tokenizer.decode(row, skip_special_tokens=True)
-            out.append(Decoded(text, answer, parse_answer(answer, text, task.labels).spans,
+            out.append(Decoded(text, answer, task.parse_answer(answer, text).spans,
                                len(prompt), len(row) + 1))  # + the stop token
         return out
 

@@ -108,6 +108,11 @@ def plan(parent: RunDir, config: Config, new_rows: list[Example],
     try:
         parent_labels = parent.labels()
         kind = parent.method_kind()
+        if parent.answer_format() != config.data.answer_format:
+            raise ContinueError(f"init_from: {parent.path} answers in data.answer_format="
+                                f"{parent.answer_format()}, this run's config says "
+                                f"{config.data.answer_format}; a continued model keeps its "
+                                f"parent's format: set data.answer_format={parent.answer_format()}")
         share = config.data.replay_share
         replay = []
         if share > 0:

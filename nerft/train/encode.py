@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from nerft.chat import encode_conversations
 from nerft.data.example import Example
-from nerft.prompt import Task, format_answer
+from nerft.prompt import Task
 
 IGNORE = -100
 
@@ -48,7 +48,7 @@ def encode_examples(tokenizer, task: Task, examples: list[Example], max_length: 
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         encoded = encode_conversations(tokenizer, task, [ex.text for ex in chunk],
-                                       [format_answer(ex.entities) for ex in chunk])
+                                       [task.format_answer(ex.entities) for ex in chunk])
         for ex, (ids, answer_start) in zip(chunk, encoded):
             if len(ids) > max_length:
                 report.too_long.append(ex.id)

@@ -184,7 +184,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         if val_path is not None:
             lineage.info["validation_rows_from"] = str(val_path.resolve())
     try:
-        task = Task(labels)
+        task = Task(labels, config.data.answer_format)
     except ValueError as e:
         raise TrainError(f"{config.data.dir}: {e}") from e
     # The model first: a mistyped source must not leave a run directory behind.

@@ -23,8 +23,8 @@ def ccfbdci_texts(shared_data):
     return rows[::50][:40]  # 40 real sentences of all lengths
 
 
-def row(tokenizer, text, labels=TASK.labels, budget=None):
-    task = Task(tuple(labels))
+def row(tokenizer, text, labels=TASK.labels, budget=None, answer_format="json"):
+    task = Task(tuple(labels), answer_format)
     return AnswerConstraint(tokenizer, task, [text], [budget or answer_token_budget(text)]).rows[0]
 
 
@@ -82,6 +82,38 @@ def test_random_walks_stay_in_format_and_budget(qwen_tokenizer, ccfbdci_texts):
             parsed = parse_answer(answer, text, TASK.labels)
             assert parsed.well_formed and not parsed.hallucinated, (text, answer)
             assert {i.kind for i in parsed.issues} <= {"extra_mention"}, (text, answer)
+
+
+def test_compact_format_constrained_like_json(tiny_model_dir, qwen_tokenizer, ccfbdci_texts):
+    """The compact `"text": "label"` lines: random walks and a random model's answers parse,
+    name only text of their sentence and stay within budget; the first byte opens a quote."""
+    compact = Task(TASK.labels, "compact")
+    rng = random.Random(1)
+    texts = ccfbdci_texts[:12] + ['他说"北京\\上海"很近。']
+    for text in texts:
+        for budget in (answer_token_budget(text), 30):
+            c = row(qwen_tokenizer, text, budget=budget, answer_format="compact")
+            ids = random_answer(qwen_tokenizer, c, rng)
+            answer = qwen_tokenizer.decode(ids, skip_special_tokens=True)
+            parsed = compact.parse_answer(answer, text)
+            assert len(ids) <= budget and parsed.well_formed and not parsed.hallucinated, (text, answer)
+            assert not parsed_as_json_lines(answer), answer
+    c = row(qwen_tokenizer, "张三在北京工作。", answer_format="compact")
+    assert not any(s.startswith("{") for s in spelled(qwen_tokenizer, c))
+    write(qwen_tokenizer, c, '"')
+    assert {"北京", "北"} <= spelled(qwen_tokenizer, c) and "上海" not in spelled(qwen_tokenizer, c)
+    write(qwen_tokenizer, c, '北京": "地')
+    assert "点" in spelled(qwen_tokenizer, c) and "名" not in spelled(qwen_tokenizer, c)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    answers = generate_answers(model, qwen_tokenizer, compact, ccfbdci_texts[:16], batch_size=16)
+    parsed = [compact.parse_answer(a, t) for a, t in zip(answers, ccfbdci_texts[:16])]
+    assert all(p.well_formed and not p.hallucinated for p in parsed), answers
+    assert sum(len(p.spans) for p in parsed) >= 2  # the entity path was taken
+
+
+def parsed_as_json_lines(answer: str) -> bool:
+    return any(line.startswith("{") for line in answer.splitlines())
 
 
 def test_quotes_and_backslashes_are_escaped_like_json(qwen_tokenizer):

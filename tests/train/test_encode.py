@@ -37,3 +37,17 @@ def test_rows_over_the_limit_are_dropped_whole_and_counted(qwen_tokenizer):
     encoded, report = encode_examples(qwen_tokenizer, TASK, EXAMPLES + [long], max_length=200)
     assert [e.id for e in encoded] == ["a", "b"]
     assert report.too_long == ["long"]
+
+
+def test_compact_task_supervises_its_compact_answer_with_fewer_tokens(qwen_tokenizer):
+    tok = qwen_tokenizer
+    compact = Task(TASK.labels, "compact")
+    json_rows, _ = encode_examples(tok, TASK, EXAMPLES, max_length=384)
+    rows, _ = encode_examples(tok, compact, EXAMPLES, max_length=384)
+    for ex, enc in zip(EXAMPLES, rows):
+        assert tok.decode(enc.input_ids[:enc.answer_start]) == render_prompt(tok, compact, ex.text)
+        assert tok.decode(enc.input_ids[enc.answer_start:-1]) == compact.format_answer(ex.entities)
+    supervised = [len(e.input_ids) - e.answer_start for e in rows]
+    json_supervised = [len(e.input_ids) - e.answer_start for e in json_rows]
+    # three entities: about half the answer tokens; no entity: the same phrase
+    assert supervised[0] < 0.6 * json_supervised[0] and supervised[1] == json_supervised[1]

@@ -203,3 +203,33 @@ def test_a_parent_trained_on_a_relative_data_dir_is_found_from_elsewhere(tmp_pat
     train(config)
     lineage = RunDir(tmp_path / "child").info()["init_from"]
     assert lineage["replay_rows"] == 1 and lineage["validation_rows_from"] == str(root / "old" / "val.jsonl")
+
+
+def test_compact_answer_format_runs_end_to_end_and_stays_with_the_model(parent, tmp_path, tiny_model_dir):
+    """data.answer_format=compact: training writes compact answers, the run records the format,
+    inference on the run prompts and reads that format, a continued run must keep it, and export
+    (JSON lines only) refuses it by name."""
+    from nerft.export import ExportError
+    from nerft.export.workflow import export_run
+    from nerft.infer.predict import load_for_inference, predict
+
+    data = _write(tmp_path / "d", PARENT_ROWS, ["人名", "地点"])
+    train(_config(data, tiny_model_dir, tmp_path / "compact", training__max_steps=1,
+                  eval__eval_steps=1, data__answer_format="compact"))
+    run = RunDir(tmp_path / "compact")
+    assert run.answer_format() == "compact" and RunDir(parent[0]).answer_format() == "json"
+    model, tokenizer, task = load_for_inference(str(run.path))
+    assert task.answer_format == "compact" and '"实体文本": "实体类型"' in task.system_prompt
+    texts = [(str(i), t) for i, (t, _) in enumerate(PARENT_ROWS)]
+    preds = predict(model, tokenizer, task, texts)
+    # constrained decoding in the compact format: every answer parses in it
+    assert all(p.parsed.well_formed and not p.answer.startswith("{") for p in preds), \
+        [p.answer for p in preds]
+
+    child = _config(data, tiny_model_dir, tmp_path / "child", data__answer_format="compact")
+    child.init_from = parent[0]
+    with pytest.raises(ContinueError, match="data.answer_format=json"):
+        train(child)
+    with pytest.raises(ExportError, match="config.yaml: data.answer_format is 'compact'"):
+        export_run(run.path, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
