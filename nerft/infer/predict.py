@@ -52,11 +52,11 @@ def load_for_inference(path_or_source: str, labels: tuple[str, ...] | list[str] 
     path = Path(path_or_source).expanduser()
     answer_format = "json"  # what a model nerft did not train has never seen otherwise
     if RunDir.is_run(path):
-        model, tokenizer, run_labels = _load_run(RunDir(path), trust_remote_code)
-        try:
+        try:  # read before the weights load, so a bad config.yaml fails at once
             answer_format = RunDir(path).answer_format()
         except RunDirError as e:
             raise InferenceError(str(e)) from e
+        model, tokenizer, run_labels = _load_run(RunDir(path), trust_remote_code)
     else:
         if _looks_like_path(path_or_source) and not path.exists():
             raise InferenceError(f"{path_or_source}: no such run or model folder")

@@ -77,6 +77,19 @@ def test_full_model_in_best_loads_with_the_base_tokenizer(tmp_path, run_dir, tin
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 151_645 and not hasattr(model, "peft_config")
 
 
+def test_unknown_answer_format_fails_before_any_weights_load(tmp_path, run_dir):
+    from nerft.infer.predict import InferenceError
+
+    run = tmp_path / "odd-format"
+    run.mkdir()  # no best/ or final/: the format check must come first to name config.yaml
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    config["data"]["answer_format"] = "xml"
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (run / "run.json").write_bytes((run_dir / "run.json").read_bytes())
+    with pytest.raises(InferenceError, match=r"config\.yaml: data\.answer_format 'xml' is not one of json, compact"):
+        load_for_inference(str(run))
+
+
 def test_one_sentence_prints_its_entities(cli, run_dir, loaded):
     from nerft.infer.predict import predict as predict_rows
 
