@@ -210,9 +210,9 @@ def markdown(r: dict) -> str:
         f"{m['transformers']} · peft {m['peft']} · fp32 matmul peak {peak:.0f} GFLOP/s · "
         + ("**CONTENDED**: other heavy processes ran" if r["contention"]["contended"]
            else "no other heavy process seen"), "",
-        f"Every row: the first {r['rows']['samples']} training samples, the same rows in the "
-        f"same order, 16 per optimizer step, from the same LoRA starting weights on the layers it "
-        f"adapts; validation F1 on {r['rows']['val']} rows after those samples"
+        f"Every row: the first {r['rows']['samples']} training samples, "
+        + same_rows_claim(r) + ", 16 per optimizer step, from the same LoRA starting weights on "
+        f"the layers it adapts; validation F1 on {r['rows']['val']} rows after those samples"
         + (" (a lever may then train on toward the target F1 below: its speeds are over every "
            "step it ran)" if r.get("time_to_f1") else "") + ". "
         f"Command: `{r['command']}`."
@@ -281,6 +281,15 @@ def time_to_f1_lines(r: dict) -> list[str]:
         lines.append(f"| {row['lever']} | {scores} | {hit['samples']} samples "
                      f"| {hit['train_seconds'] / 60:.1f} min | {faster} |")
     return lines
+
+
+def same_rows_claim(r: dict) -> str:
+    """What the table may say about the rows each side trained on: checked, not assumed."""
+    others = [x["lever"] for x in r["levers"] if x.get("ok") and not x["same_order_as_baseline"]]
+    if not others:
+        return "the same rows in the same order as the baseline (checked)"
+    return (f"**but {', '.join(others)} trained on other rows or in another order than the "
+            "baseline** (their F1 after the same samples is not a same-rows comparison)")
 
 
 def reused_baseline(work: Path, spec: dict) -> dict:

@@ -72,6 +72,7 @@ def test_quick_levers_one_row_each_on_equal_terms(tmp_path, shared_data):
                        f"{x['trainable_parameters']:,}", f"{x['f1']:.3f}",
                        f"{x['f1_common_reader']:.3f}"):
             assert figure in line, (x["lever"], figure, line)
+    assert "the same rows in the same order as the baseline (checked)" in table
     for x in rows:
         assert x["same_order_as_baseline"] and x["same_lora_start_as_baseline"], x["lever"]
         assert x["f1_samples"] == samples
@@ -147,3 +148,14 @@ def test_reuse_baseline_only_with_identical_settings(tmp_path):
         reused_baseline(tmp_path, spec)
     (tmp_path / "train-baseline.spec.json").write_text(json.dumps(spec))
     assert reused_baseline(tmp_path, spec) == {"samples_per_s": 0.2}
+
+
+def test_the_table_names_levers_that_trained_on_other_rows():
+    from bench.levers import same_rows_claim
+
+    rows = [{"lever": "default", "ok": True, "same_order_as_baseline": True},
+            {"lever": "compact", "ok": True, "same_order_as_baseline": False},
+            {"lever": "top-8", "ok": False}]
+    claim = same_rows_claim({"levers": rows})
+    assert "but compact trained on other rows" in claim and "default" not in claim
+    assert same_rows_claim({"levers": rows[:1]}).endswith("as the baseline (checked)")
