@@ -4,6 +4,7 @@
     python -m bench.curve --corpus msra-sparse cluener-rare --sizes 160 --test 100
     python -m bench.curve --corpus ccfbdci --sizes 160 640 --name curve-ccfbdci
     python -m bench.curve --corpus msra --sizes 640 --test 100 --resume   # add points to curve.json
+    python -m bench.curve --combine curve curve-2560-lr2e-4 --name curve-auto   # one table, trains nothing
 
 For each corpus: `nerft data prepare` on its files from $NERFT_DATA (into --work, never into the
 repository), a fixed test slice (the first --test rows of test.jsonl after a seeded shuffle), the untrained model's
@@ -148,11 +149,19 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--resume", action="store_true", help="add to <name>.json: keep its points "
                    "(same recipe and test slice) and measure only the missing ones")
+    p.add_argument("--combine", nargs="+", metavar="NAME", help="train nothing: write <name>.json "
+                   "from these earlier results in --out (same config and test slice; a later one's "
+                   "point replaces an earlier one's at the same size, and the table says so)")
     args = p.parse_args(argv)
+    command = "python -m bench.curve " + " ".join(argv if argv is not None else os.sys.argv[1:])
+    if args.combine:
+        results = combine([json.loads((args.out / f"{n}.json").read_text(encoding="utf-8"))
+                           for n in args.combine], args.combine, command)
+        _write(results, args.out / f"{args.name}.json")
+        return results
     if args.model:
         args.set = [f"model.source={args.model}", *args.set]
 
-    command = "python -m bench.curve " + " ".join(argv if argv is not None else os.sys.argv[1:])
     results = {"command": command,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_facts(),
                "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
@@ -201,6 +210,32 @@ def _resumed(old: dict, new: dict) -> dict:
     return new
 
 
+def combine(parts: list[dict], names: list[str], command: str) -> dict:
+    """One curve from several results of the same config and test slice, e.g. a size measured
+    again with another override; every point keeps the overrides it was measured with."""
+    first = parts[0]
+    for name, part in zip(names[1:], parts[1:]):
+        for key in ("config", "test_rows"):
+            if part.get(key) != first.get(key):
+                raise SystemExit(f"--combine: {name} has another {key} ({part.get(key)!r}, "
+                                 f"{names[0]} has {first.get(key)!r}); its points are not comparable")
+    out = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "config": first["config"], "overrides": [], "test_rows": first["test_rows"],
+           "sources": [], "replaced": [], "corpora": {}}
+    for name, part in zip(names, parts):
+        runs = part.get("commands") or [{"command": part["command"], "date": part["date"]}]
+        out["sources"].append({"name": name, "commands": runs, "overrides": part["overrides"]})
+        for corpus, row in part["corpora"].items():
+            kept = out["corpora"].setdefault(corpus, {**row, "points": {}})
+            for size, point in row["points"].items():
+                old = kept["points"].get(size)
+                if old is not None and size != "0":  # zero-shot: the same untrained model
+                    out["replaced"].append({"corpus": corpus, "size": int(size), "f1": old["f1"],
+                                            "from": old["from"], "by": name})
+                kept["points"][size] = {**point, "from": name, "overrides": part["overrides"]}
+    return out
+
+
 def _model_source(args, folder: Path) -> str:
     from nerft.config import load_config
 
@@ -224,10 +259,16 @@ def markdown(results: dict) -> str:
     sizes = sorted({int(s) for row in results["corpora"].values() for s in row["points"]})
     head = "| corpus (test rows: entities / without any) | " + " | ".join(
         "zero-shot" if s == 0 else f"{s} sentences" for s in sizes) + " | published, full data |"
-    runs = results.get("commands") or [{"command": results["command"], "date": results["date"]}]
-    lines = [", then ".join(f"`{r['command']}` ({r['date']})" for r in runs)
-             + f"; recipe {results['config']} {' '.join(results['overrides'])}; strict micro F1 on "
-             f"the first {results['test_rows']} test sentences; training minutes in brackets",
+    def ran(runs: list[dict]) -> str:
+        return ", then ".join(f"`{r['command']}` ({r['date']})" for r in runs)
+
+    if "sources" in results:  # combined: where each point was measured
+        origin = "; ".join(f"{src['name']}: {ran(src['commands'])}" for src in results["sources"]) \
+            + f"; combined by `{results['command']}`; overrides of a point in its cell"
+    else:
+        origin = ran(results.get("commands") or [{"command": results["command"], "date": results["date"]}])
+    lines = [origin + f"; recipe {results['config']} {' '.join(results['overrides'])}; strict micro "
+             f"F1 on the first {results['test_rows']} test sentences; training minutes in brackets",
              "", head,
              "|" + "---|" * (len(sizes) + 2)]
     for name, row in results["corpora"].items():
@@ -240,9 +281,13 @@ def markdown(results: dict) -> str:
                 cells.append(f"{point['f1']:.3f}")
             else:  # time_note: a point whose clock is not a speed figure (paused, contended)
                 when = point.get("time_note") or f"{point['train_seconds'] / 60:.1f} min"
+                when += "".join(f", {o}" for o in point.get("overrides", ()))
                 cells.append(f"{point['f1']:.3f} ({when})")
         lines.append(f"| {name} ({row['test_entities']} / {row['test_entity_free']}) | "
                      + " | ".join(cells) + f" | {row['published'] or '-'} |")
+    for r in results.get("replaced", ()):
+        lines.append(f"\nReplaced: {r['corpus']} at {r['size']} sentences from {r['from']} "
+                     f"(F1 {r['f1']:.3f}), by {r['by']}'s point.")
     return "\n".join(lines) + "\n"
 
 

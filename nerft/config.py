@@ -7,7 +7,7 @@ model each, so an unknown key or a wrong type is an error that names the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, get_args
+from typing import Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,7 +72,9 @@ class TrainingConfig(_Section):
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
     batch_size: int = Field(4, ge=1, description="examples per micro-batch")
     grad_accum: int = Field(4, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: Union[float, Literal["auto"]] = Field(
+        1e-4, description="peak learning rate; auto (lora/dora only): 1e-3 for a run of at most "
+        "200 optimizer steps, 2e-4 for a longer one (measured: BENCHMARKS.md, learning curve)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
@@ -87,6 +89,19 @@ class TrainingConfig(_Section):
     save_steps: int = Field(50, ge=1)
     save_total_limit: int = Field(2, ge=1)
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on CPU")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value):
+        if value == "auto":
+            return value
+        try:
+            number = float(value)  # YAML reads 2e-4 (no dot) as a string
+        except (TypeError, ValueError):
+            number = None
+        if isinstance(value, bool) or number is None or not number > 0:
+            raise ValueError(f"should be a positive number or auto, not {value!r}")
+        return number
 
 
 class ValidationConfig(_Section):
@@ -141,6 +156,13 @@ class Config(_Section):
             raise ValueError("training.packing prefix_kv cannot be used with "
                              "training.gradient_checkpointing (the prefix's keys/values travel "
                              "in the cache it turns off); set training.packing=shared_prefix")
+        return self
+
+    @model_validator(mode="after")
+    def _auto_lr_is_for_adapters(self):
+        if self.training.lr == "auto" and self.method.kind not in ("lora", "dora"):
+            raise ValueError(f"training.lr auto is measured for lora/dora adapters only; give "
+                             f"method.kind {self.method.kind} a number (e.g. training.lr=1e-5)")
         return self
 
     @model_validator(mode="after")

@@ -84,3 +84,37 @@ def test_a_point_whose_clock_is_not_a_speed_figure_says_so_instead_of_minutes():
                                  "points": {"0": {"f1": 0.1}, "640": point}}}}
     table = markdown(results)
     assert "| 0.500 (paused) |" in table and "| 0.500 (86.6 min) |" in table
+
+
+def test_combined_curve_keeps_where_each_point_came_from_and_what_it_replaced(tmp_path):
+    from bench.curve import main
+
+    def point(f1, minutes):
+        return {"f1": f1, "precision": f1, "recall": f1, "train_seconds": minutes * 60}
+
+    def results(overrides, points, test_rows=100):
+        return {"command": f"python -m bench.curve {' '.join(overrides)}", "date": "2026-11-29",
+                "config": "configs/demo-cpu.yaml", "overrides": overrides, "test_rows": test_rows,
+                "corpora": {"ccfbdci": {"published": "-", "test_entities": 88, "test_entity_free": 64,
+                                        "points": points}}}
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "small.json").write_text(json.dumps(results([], {
+        "0": {"f1": 0.202}, "640": point(0.515, 7.9), "2560": point(0.286, 15.8)})), encoding="utf-8")
+    (out / "long.json").write_text(json.dumps(results(["training.lr=2e-4"], {
+        "0": {"f1": 0.202}, "2560": point(0.719, 28.2)})), encoding="utf-8")
+    r = main(["--combine", "small", "long", "--name", "both", "--out", str(out)])
+    points = r["corpora"]["ccfbdci"]["points"]
+    assert points["640"]["f1"] == 0.515 and points["640"]["from"] == "small"
+    assert points["2560"]["f1"] == 0.719 and points["2560"]["overrides"] == ["training.lr=2e-4"]
+    assert r["replaced"] == [{"corpus": "ccfbdci", "size": 2560, "f1": 0.286, "from": "small", "by": "long"}]
+    table = (out / "both.md").read_text(encoding="utf-8")
+    assert "| 0.515 (7.9 min) | 0.719 (28.2 min, training.lr=2e-4) |" in table
+    assert "Replaced: ccfbdci at 2560 sentences from small (F1 0.286), by long's point." in table
+    assert "python -m bench.curve training.lr=2e-4" in table  # each source's own command
+    assert (out / "both.png").stat().st_size > 1000
+
+    (out / "other.json").write_text(json.dumps(results([], {"0": {"f1": 0.2}}, test_rows=50)), encoding="utf-8")
+    with pytest.raises(SystemExit, match="other has another test_rows"):
+        main(["--combine", "small", "other", "--name", "bad", "--out", str(out)])

@@ -27,11 +27,15 @@ def test_defaults_and_overrides(tmp_path, data_dir):
     assert cfg.training.lr == 2e-4 and cfg.method.target_modules == ["q_proj"]
     assert cfg.method.lora_r == 8 and cfg.training.packing == "shared_prefix"
     assert cfg.tracking.swanlab == "off"  # YAML's bare `off` is false; still the mode
+    assert load_config(p, ["training.lr=auto"]).training.lr == "auto"
+    assert load_config(p, ["method.kind=dora", "training.lr=auto"]).training.lr == "auto"
 
 
 @pytest.mark.parametrize("body, override, message", [
     ("training: {lrr: 1}", [], "training.lrr: unknown key"),
-    ("training: {lr: fast}", [], "training.lr: Input should be a valid number"),
+    ("training: {lr: fast}", [], "training.lr: should be a positive number or auto, not 'fast'"),
+    ("training: {lr: 0}", [], "training.lr: should be a positive number or auto, not 0"),
+    ("", ["training.lr=auto", "method.kind=full"], "training.lr auto is measured for lora/dora adapters only"),
     ("", ["method.kind=prefix"], "method.kind: Input should be"),
     ("", ["training.lr"], "is not KEY=VALUE"),
 ])

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from nerft.data.example import Example, Span
@@ -36,3 +38,53 @@ def test_training_on_rows_without_any_entity_says_why_it_has_nothing(tmp_path, t
     with pytest.raises(TrainError, match="no training row has an entity.*max_empty_share=null"):
         train(config)
     assert not (tmp_path / "run" / "run.json").exists()  # nothing half-written
+
+
+def test_learning_rate_auto_and_the_long_run_warning(tmp_path, tiny_model_dir):
+    import io
+
+    from rich.console import Console
+
+    from nerft.config import Config
+    from nerft.data.example import write_jsonl
+    from nerft.train.workflow import long_run_lr_warning, resolve_lr, train
+
+    # auto: the rates the learning curve measured (1e-3 learnt over 23-157 steps, 2e-4 over 357)
+    assert resolve_lr("auto", 157) == resolve_lr("auto", 200) == 1e-3
+    assert resolve_lr("auto", 201) == resolve_lr("auto", 357) == 2e-4
+    assert resolve_lr(5e-5, 10_000) == 5e-5
+    assert long_run_lr_warning("lora", 1e-3, 357) is not None
+    assert long_run_lr_warning("dora", 1e-3, 201) is not None
+    assert long_run_lr_warning("lora", 1e-3, 200) is None
+    assert long_run_lr_warning("lora", 2e-4, 5000) is None
+    assert long_run_lr_warning("full", 1e-3, 5000) is None  # measured for adapters only
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", (ex.to_dict() for ex in rows(6, 2)))
+    write_jsonl(data / "val.jsonl", (ex.to_dict() for ex in rows(2, 0)))
+
+    def run(lr, name):
+        # 8 rows, batch 1, 40 epochs: 320 planned steps; each run stops after two flat
+        # validations (patience 1): what is checked is said before training starts.
+        config = Config.model_validate({
+            "data": {"dir": str(data), "max_empty_share": None},
+            "model": {"source": str(tiny_model_dir)},
+            "training": {"output_dir": str(tmp_path / name), "epochs": 40, "batch_size": 1,
+                         "grad_accum": 1, "lr": lr, "save_steps": 1},
+            "eval": {"eval_steps": 1, "at_start": False, "val_size": 2, "early_stopping_patience": 1},
+            "tracking": {"swanlab": "off"}})
+        out = io.StringIO()
+        summary = train(config, console=Console(file=out, width=400))
+        assert summary.steps < 320
+        return out.getvalue(), [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+
+    printed, _ = run(1e-3, "fixed")
+    assert "training.lr=0.001 over 320 optimizer steps" in printed
+    assert "consider training.lr=2e-4 or training.lr=auto" in printed
+    printed, metrics = run("auto", "auto")
+    assert "training.lr auto: 0.0002 for 320 optimizer steps" in printed
+    assert "consider" not in printed
+    # the optimiser ran at it: warm-up 0, cosine from 2e-4
+    rates = [m["learning_rate"] for m in metrics if "learning_rate" in m]
+    assert rates and max(rates) <= 2e-4 and rates[0] > 1.9e-4
