@@ -54,6 +54,10 @@ class ModelConfig(_Section):
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+# The method kinds that train an adapter (LoRA-style) rather than the model's own weights.
+ADAPTER_KINDS = ("lora", "dora")
+
+
 class MethodConfig(_Section):
     kind: Literal["lora", "dora", "full", "freeze"] = "lora"
     lora_r: int = Field(8, ge=1)
@@ -160,7 +164,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _auto_lr_is_for_adapters(self):
-        if self.training.lr == "auto" and self.method.kind not in ("lora", "dora"):
+        if self.training.lr == "auto" and self.method.kind not in ADAPTER_KINDS:
             raise ValueError(f"training.lr auto is measured for lora/dora adapters only; give "
                              f"method.kind {self.method.kind} a number (e.g. training.lr=1e-5)")
         return self

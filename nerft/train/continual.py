@@ -17,11 +17,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nerft.config import Config
+from nerft.config import ADAPTER_KINDS, Config
 from nerft.data.example import Example, read_examples
 from nerft.run_dir import RunDir, RunDirError
-
-ADAPTER_KINDS = ("lora", "dora")
 
 
 class ContinueError(Exception):

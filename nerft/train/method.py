@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nerft.config import MethodConfig
+from nerft.config import ADAPTER_KINDS, MethodConfig
 
 
 @dataclass
@@ -32,7 +32,7 @@ def top_layer_indices(model, k: int | None) -> list[int] | None:
 
 def apply_method(model, method: MethodConfig):
     """Return the model prepared for training (a PeftModel for lora/dora) and its report."""
-    if method.kind in ("lora", "dora"):
+    if method.kind in ADAPTER_KINDS:
         from peft import LoraConfig, get_peft_model
 
         layers = top_layer_indices(model, method.top_k_layers)

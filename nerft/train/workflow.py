@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from nerft.config import Config
+from nerft.config import ADAPTER_KINDS, Config
 from nerft.data.example import Example, read_examples
 from nerft.prompt import Task
 from nerft.train import continual
@@ -96,7 +96,7 @@ def resolve_lr(lr: float | str, total_steps: int) -> float:
 
 def long_run_lr_warning(kind: str, lr: float, total_steps: int) -> str | None:
     """A warning when an adapter is to train at a high learning rate for many steps, else None."""
-    if kind not in ("lora", "dora") or lr <= HIGH_ADAPTER_LR or total_steps <= LONG_RUN_STEPS:
+    if kind not in ADAPTER_KINDS or lr <= HIGH_ADAPTER_LR or total_steps <= LONG_RUN_STEPS:
         return None
     return (f"training.lr={lr:g} over {total_steps} optimizer steps: at lr 1e-3 the demo recipe "
             "collapsed over 357 steps (2,560 ccfbdci sentences: validation F1 0.45, then 0) where "
@@ -247,12 +247,14 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     steps_per_epoch = math.ceil(len(train_enc) / samples_per_step)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     lr = resolve_lr(t.lr, total_steps)
-    if t.lr == "auto" and not resume:
-        console.print(f"training.lr auto: {lr:g} for {total_steps} optimizer steps ({AUTO_LR_SHORT_RUN:g} "
-                      f"up to {LONG_RUN_STEPS}, {AUTO_LR_LONG_RUN:g} beyond)", highlight=False)
-    lr_warning = long_run_lr_warning(config.method.kind, lr, total_steps)
-    if lr_warning and not resume:
-        console.print(f"[yellow]warning:[/] {escape(lr_warning)}", highlight=False, soft_wrap=True)
+    if not resume:  # a resumed run said this when it started
+        if t.lr == "auto":
+            console.print(f"training.lr auto: {lr:g} for {total_steps} optimizer steps "
+                          f"({AUTO_LR_SHORT_RUN:g} up to {LONG_RUN_STEPS}, {AUTO_LR_LONG_RUN:g} beyond)",
+                          highlight=False)
+        lr_warning = long_run_lr_warning(config.method.kind, lr, total_steps)
+        if lr_warning:
+            console.print(f"[yellow]warning:[/] {escape(lr_warning)}", highlight=False, soft_wrap=True)
     # A child run (init_from) always scores its starting point, the parent: when training on the
     # new rows only hurts the parent's job, best/ then keeps the parent's weights.
     score_start = (config.eval.at_start or lineage is not None) and not resume
