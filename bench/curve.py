@@ -224,7 +224,8 @@ def combine(parts: list[dict], names: list[str], command: str) -> dict:
            "sources": [], "replaced": [], "corpora": {}}
     for name, part in zip(names, parts):
         runs = part.get("commands") or [{"command": part["command"], "date": part["date"]}]
-        out["sources"].append({"name": name, "commands": runs, "overrides": part["overrides"]})
+        out["sources"].append({"name": name, "commands": runs, "overrides": part["overrides"],
+                               "machine": part.get("machine")})  # each source ran on its own
         for corpus, row in part["corpora"].items():
             kept = out["corpora"].setdefault(corpus, {**row, "points": {}})
             for size, point in row["points"].items():

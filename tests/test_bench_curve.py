@@ -94,6 +94,7 @@ def test_combined_curve_keeps_where_each_point_came_from_and_what_it_replaced(tm
 
     def results(overrides, points, test_rows=100):
         return {"command": f"python -m bench.curve {' '.join(overrides)}", "date": "2026-11-29",
+                "machine": {"cpus": 2 if overrides else 4},
                 "config": "configs/demo-cpu.yaml", "overrides": overrides, "test_rows": test_rows,
                 "corpora": {"ccfbdci": {"published": "-", "test_entities": 88, "test_entity_free": 64,
                                         "points": points}}}
@@ -108,6 +109,7 @@ def test_combined_curve_keeps_where_each_point_came_from_and_what_it_replaced(tm
     points = r["corpora"]["ccfbdci"]["points"]
     assert points["640"]["f1"] == 0.515 and points["640"]["from"] == "small"
     assert points["2560"]["f1"] == 0.719 and points["2560"]["overrides"] == ["training.lr=2e-4"]
+    assert [src["machine"] for src in r["sources"]] == [{"cpus": 4}, {"cpus": 2}]  # each its own
     assert r["replaced"] == [{"corpus": "ccfbdci", "size": 2560, "f1": 0.286, "from": "small", "by": "long"}]
     table = (out / "both.md").read_text(encoding="utf-8")
     assert "| 0.515 (7.9 min) | 0.719 (28.2 min, training.lr=2e-4) |" in table
