@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training and generation speed on one GPU: the worked example's recipe vs nerft's, on
 # Qwen2-1.5B-Instruct's architecture with random weights, plus nerft with the bench.levers levers
-# (LoRA dropout 0; dropout 0 on the top half of the blocks). Offline, a few minutes on an H100.
+# (LoRA dropout 0; dropout 0 on the top half of the blocks; dropout 0 with compact answers).
+# Offline, a few minutes on an H100.
 #
 #   bash bench/gpu.sh                 # on the GPU machine; writes $OUT/gpu.json (or bench/results/)
 #   bash bench/gpu.sh --cpu-smoke     # tiny config on CPU: checks the script itself (tested in CI)
@@ -44,7 +45,7 @@ if not smoke and not torch.cuda.is_available():
     sys.exit("no CUDA device: run with --cpu-smoke to check the script on CPU")
 device = "cpu" if smoke else "cuda"
 dtype = torch.float32 if smoke else torch.bfloat16
-PEAK = 989e12  # H100 SXM dense bf16
+PEAK = 989e12  # H100 SXM dense bf16 (H200: the same compute)
 
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from peft import LoraConfig, get_peft_model
@@ -66,6 +67,9 @@ PAD, EOT = (8000, 8001) if smoke else (151643, 151645)
 STEPS = args.steps or (2 if smoke else 10)
 WARMUP = 1 if smoke else 3
 SAMPLES = 16
+# data.answer_format=compact: its answers' tokens per sample over JSON lines', measured by
+# bench.levers on the demo model and ccfbdci (15.3 against 26.5, BENCHMARKS.md)
+COMPACT_ANSWER_SHARE = 15.3 / 26.5
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -231,6 +235,10 @@ for attn in attn_impls():
         results.append(run_side("nerft-dropout-0", attn, shared, nerft_loss, False, data, dropout=0.0))
         results.append(run_side(f"nerft-dropout-0-top-{half}", attn, shared, nerft_loss, False, data,
                                 dropout=0.0, top_k=half))
+        # the same sentences with each answer shortened to compact's measured share of tokens
+        compact = [(pr, an[:max(2, round(len(an) * COMPACT_ANSWER_SHARE))]) for pr, an in data]
+        results.append(run_side("nerft-dropout-0-compact", attn, shared, nerft_loss, False, compact,
+                                dropout=0.0))
     else:  # FlashAttention takes no 4D mask: nerft's flat layout (varlen from position ids)
         results.append(run_side("nerft-flat", attn, lambda r: nerft_batches(r, "flat"), nerft_loss, False, data))
     print(json.dumps(results[before:], indent=1), flush=True)

@@ -112,7 +112,13 @@ def test_gpu_script_smoke_runs_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["smoke"] is True and [t["side"] for t in r["train"]] == [
-        "baseline", "nerft", "nerft-dropout-0", "nerft-dropout-0-top-1"]  # tiny: 2 blocks
+        "baseline", "nerft", "nerft-dropout-0", "nerft-dropout-0-top-1",  # tiny: 2 blocks
+        "nerft-dropout-0-compact"]
+    by_side = {t["side"]: t for t in r["train"]}
+    # compact answers: the same sentences, fewer answer tokens per step
+    assert by_side["nerft-dropout-0-compact"]["answer_tokens_per_s"] * by_side["nerft-dropout-0-compact"][
+        "seconds_per_step"] < by_side["nerft-dropout-0"]["answer_tokens_per_s"] * by_side["nerft-dropout-0"][
+        "seconds_per_step"]
     for t in r["train"]:
         assert _positive(t["tokens_per_s"]) and _positive(t["mfu"]) and _positive(t["hfu"])
     assert _positive(r["generation"]["batched_tokens_per_s"]) and _positive(r["speedup_tokens_per_s"])
