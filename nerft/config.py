@@ -11,6 +11,7 @@ from typing import Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from nerft.data.prepared import NotPreparedData, PreparedData
 from nerft.errors import NerftError
 
 
@@ -171,10 +172,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _paths_exist(self):
-        for name in ("train.jsonl", "val.jsonl"):
-            if not (self.data.dir / name).is_file():
-                raise ValueError(f"data.dir: {self.data.dir / name} not found; "
-                                 f"run `nerft data prepare ... --out {self.data.dir}` first")
+        try:
+            PreparedData.open(self.data.dir, needs=("train", "val"))
+        except NotPreparedData as e:
+            raise ValueError(f"data.dir: {e}") from None
         return self
 
 

@@ -48,8 +48,8 @@ def data_prepare(
     from rich.markup import escape
 
     from nerft.data.labels import LabelMapError, parse_label_map
-    from nerft.data.output import check_out_dir
     from nerft.data.prepare import PrepareFailed, check_outcome, prepare, write_prepared
+    from nerft.data.prepared import PreparedData
     from nerft.data.readers import DataError
     from nerft.data.split import parse_ratios
     from nerft.data.stats import print_summary
@@ -58,7 +58,7 @@ def data_prepare(
     try:
         ratios = parse_ratios(split)
         user_map = parse_label_map(label_map)
-        check_out_dir(out, force)
+        PreparedData.check_target(out, force)
         prep = prepare(inputs, fmt=fmt, user_label_map=user_map, ratios=ratios,
                        seed=seed, strict=strict, resplit=resplit)
     except (DataError, LabelMapError, ValueError, OSError) as e:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from nerft.atomic import write_lines
+
 
 @dataclass(frozen=True, order=True)
 class Span:
@@ -57,16 +59,8 @@ class Rejection:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    """Write rows atomically (temp file, then rename) so a crash never leaves half a split."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    tmp.replace(path)
-    return n
+    """Replace `path` with one JSON object per line, so a crash never leaves half a file."""
+    return write_lines(Path(path), (json.dumps(row, ensure_ascii=False) for row in rows))
 
 
 def read_examples(path: Path) -> Iterator[Example]:

@@ -6,16 +6,15 @@ rows read = kept + rejected (dropped) + duplicates removed.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nerft.cache import sha256_file
 from nerft.data.clean import clean_example
-from nerft.data.example import Example, Rejection, write_jsonl
+from nerft.data.example import Example, Rejection
 from nerft.data.labels import LabelMapper
-from nerft.data.output import swap_in
+from nerft.data.prepared import PreparedData
 from nerft.data.readers import DataError, read_file
 from nerft.data.split import SPLITS, assign_splits, split_from_name
 from nerft.data.stats import split_stats
@@ -302,12 +301,6 @@ def write_prepared(prep: Prepared, out: Path, *, ratios, seed) -> dict:
         "splits": {name: split_stats(exs, prep.labels) for name, exs in prep.splits.items()},
     }
 
-    def build(folder: Path) -> None:
-        for name, exs in prep.splits.items():
-            write_jsonl(folder / f"{name}.jsonl", (ex.to_dict() for ex in exs))
-        write_jsonl(folder / "rejected.jsonl", (r.to_dict() for r in prep.rejections))
-        (folder / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2),
-                                           encoding="utf-8")
-
-    swap_in(Path(out), build)
+    PreparedData.write(out, {name: (ex.to_dict() for ex in exs) for name, exs in prep.splits.items()},
+                       (r.to_dict() for r in prep.rejections), stats)
     return stats

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nerft.data.example import Example, read_examples, write_jsonl
+from nerft.data.prepared import PreparedData
 from nerft.eval import EvalResult, evaluate
 from nerft.errors import NerftError
 
@@ -27,7 +28,7 @@ class ModelEval:
 def load_split(data: Path, split: str, limit: int | None) -> tuple[list[Example], tuple[str, ...] | None]:
     """Examples of a prepared folder's split (or a canonical JSONL file), and its label set."""
     data = Path(data)
-    path = data / f"{split}.jsonl" if data.is_dir() else data
+    path = PreparedData(data).split(split) if data.is_dir() else data
     if not path.is_file():
         raise EvalInputError(f"{path}: not found; pass a folder from `nerft data prepare` or a "
                              "canonical .jsonl file")
@@ -45,11 +46,8 @@ def load_split(data: Path, split: str, limit: int | None) -> tuple[list[Example]
                     "the text; run `nerft data prepare` on the file to check and repair it")
             if not span.label:
                 raise EvalInputError(f"{path}:{n}: an entity has an empty label")
-    labels = None
-    stats = path.parent / "stats.json"
-    if stats.is_file():
-        labels = tuple(json.loads(stats.read_text(encoding="utf-8")).get("labels") or ()) or None
-    return examples, labels
+    prepared = PreparedData.of_split_file(path)
+    return examples, prepared[0].labels if prepared else None
 
 
 def evaluate_model(model_ref: str, examples: list[Example], labels: tuple[str, ...] | None, *,

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from nerft.config import ADAPTER_KINDS, Config
 from nerft.data.example import Example, read_examples
+from nerft.data.prepared import PreparedData
 from nerft.prompt import Task
 from nerft.train import continual
 from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
@@ -68,12 +69,7 @@ def per_label_scores(scores_file: Path) -> dict[str, dict[str, float]]:
 
 def task_labels(data_dir: Path, examples: list[Example]) -> tuple[str, ...]:
     """The label set, in the order `nerft data prepare` recorded (falls back to the data)."""
-    stats = data_dir / "stats.json"
-    if stats.is_file():
-        labels = json.loads(stats.read_text(encoding="utf-8")).get("labels")
-        if labels:
-            return tuple(labels)
-    return tuple(sorted({s.label for ex in examples for s in ex.entities}))
+    return PreparedData(data_dir).labels or tuple(sorted({s.label for ex in examples for s in ex.entities}))
 
 
 # Measured (BENCHMARKS.md, "Learning curve"): the demo recipe's LoRA lr 1e-3 learns well over

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from corpus_fixtures import RESUME, WEIBO, ccfbdci_line, conll_text, read_jsonl, stats_of
-from nerft.data.output import OUTPUT_FILES
+from nerft.data.prepared import OUTPUT_FILES
 from nerft.data.prepare import prepare, write_prepared
 
 
@@ -158,7 +158,7 @@ def test_a_failure_while_writing_leaves_the_previous_output_whole(tmp_path, weib
     out = tmp_path / "o"
     write_prepared(weibo_prepared, out, ratios=(0.5, 0.25, 0.25), seed=42)
     before = {name: (out / name).read_bytes() for name in OUTPUT_FILES}
-    import nerft.data.prepare as prep_mod
+    import nerft.data.prepared as prep_mod
 
     real = prep_mod.write_jsonl
 
@@ -176,30 +176,32 @@ def test_a_failure_while_writing_leaves_the_previous_output_whole(tmp_path, weib
 
 @pytest.mark.parametrize("name", ["o", "o[1]"])  # glob characters in the folder name
 def test_a_killed_swap_is_recovered_by_the_next_run(tmp_path, weibo_prepared, resume_file, name):
+    from nerft.data.prepared import recover
+
     out = tmp_path / name
     write_prepared(weibo_prepared, out, ratios=(0.5, 0.25, 0.25), seed=42)
     (out / "notes.md").write_text("mine", encoding="utf-8")
     before = (out / "train.jsonl").read_bytes()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    # Killed between the two renames: the old folder is aside, the new one was never swapped in.
-    out.rename(tmp_path / f".{name}.old-{dead.pid}")
-    (tmp_path / f".{name}.partial-{dead.pid}").mkdir()
-    from nerft.data.output import recover
-
-    recover(out.resolve())
-    assert (out / "notes.md").read_text(encoding="utf-8") == "mine"
-    assert (out / "train.jsonl").read_bytes() == before and is_whole(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "resume.char.bmes", "weibo.bio"])
-    # Killed after the swap, before the user's files were moved over: the next run moves them.
+    # Killed while building: the half-built folder beside it is dropped, the output stays.
+    (tmp_path / f".{name}.partial").mkdir()
+    (tmp_path / f".{name}.partial" / "train.jsonl").write_text("half", encoding="utf-8")
     write_prepared(prepare([resume_file]), out, ratios=(0.7, 0.15, 0.15), seed=42)
-    old = tmp_path / f".{name}.old-{dead.pid}"
-    shutil.copytree(out, old)
-    (out / "notes.md").unlink()
-    recover(out.resolve())
-    assert (out / "notes.md").read_text(encoding="utf-8") == "mine" and is_whole(out)
     assert sorted(all_texts(out)) == sorted(t for t, _ in RESUME)
+    assert (out / "notes.md").read_text(encoding="utf-8") == "mine" and is_whole(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "resume.char.bmes", "weibo.bio"])
+    # Killed between the two renames of a finished build: the new folder is swapped in.
+    after = (out / "train.jsonl").read_bytes()
+    shutil.copytree(out, tmp_path / f".{name}.partial")
+    out.rename(tmp_path / f".{name}.old")
+    recover(out)
+    assert (out / "train.jsonl").read_bytes() == after and is_whole(out)
+    assert (out / "notes.md").read_text(encoding="utf-8") == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "resume.char.bmes", "weibo.bio"])
+    # Killed after moving the old folder aside, before the build finished: the old one returns.
+    (tmp_path / f".{name}.partial").mkdir()
+    out.rename(tmp_path / f".{name}.old")
+    recover(out)
+    assert (out / "train.jsonl").read_bytes() == after and before != after
 
 
 def is_whole(out):
@@ -210,11 +212,25 @@ def test_re_preparing_replaces_the_outputs_and_keeps_other_files(cli, tmp_path, 
     out = tmp_path / "o"
     assert cli("data", "prepare", weibo_file, "--out", out).exit_code == 0
     (out / "notes.md").write_text("mine", encoding="utf-8")
-    res = cli("data", "prepare", resume_file, "--out", out)
+    res = cli("data", "prepare", resume_file, "--out", out, "--force")
     assert res.exit_code == 0, res.output
     assert sorted(all_texts(out)) == sorted(t for t, _ in RESUME)  # nothing of the old run left
     assert (out / "notes.md").read_text(encoding="utf-8") == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "resume.char.bmes", "weibo.bio"]
+
+
+def test_an_earlier_prepare_output_is_not_replaced_without_force(cli, tmp_path, weibo_file, resume_file):
+    """Issue 28 item 15: runs record the hashes of the splits they trained on, so replacing
+    them silently breaks their resume; it takes --force, as a foreign folder does."""
+    out = tmp_path / "o"
+    assert cli("data", "prepare", weibo_file, "--out", out).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in OUTPUT_FILES}
+    res = cli("data", "prepare", resume_file, "--out", out)
+    assert res.exit_code == 2
+    message = one_line(res.stderr)
+    assert f"--out {out} already holds a `nerft data prepare` output" in message
+    assert "pass --force to replace it" in message and "Traceback" not in res.output
+    assert {name: (out / name).read_bytes() for name in OUTPUT_FILES} == before
 
 
 def test_a_foreign_folder_needs_force_and_keeps_its_files(cli, tmp_path, weibo_file):
@@ -328,13 +344,14 @@ def test_a_truncated_gz_is_one_line(cli, tmp_path):
 KILLED_WRITER = """
 import sys, time
 import nerft.data.prepare as p
-real = p.write_jsonl
+import nerft.data.prepared as prepared
+real = prepared.write_jsonl
 def slow(path, rows):
     if path.name == "test.jsonl":
         print("ready", flush=True)
         time.sleep(60)
     return real(path, rows)
-p.write_jsonl = slow
+prepared.write_jsonl = slow
 prep = p.prepare([sys.argv[1]])
 p.write_prepared(prep, sys.argv[2], ratios=(0.7, 0.15, 0.15), seed=42)
 """
@@ -353,8 +370,8 @@ def test_kill_9_while_writing_keeps_the_old_output_and_the_next_run_tidies_up(
         proc.kill()
         proc.wait()
     assert {name: (out / name).read_bytes() for name in OUTPUT_FILES} == before
-    assert (tmp_path / f".o.partial-{proc.pid}").is_dir()  # the half-built folder, beside
-    res = cli("data", "prepare", resume_file, "--out", out)
+    assert (tmp_path / ".o.partial").is_dir()  # the half-built folder, beside
+    res = cli("data", "prepare", resume_file, "--out", out, "--force")
     assert res.exit_code == 0, res.output
     assert sorted(all_texts(out)) == sorted(t for t, _ in RESUME)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "resume.char.bmes", "weibo.bio"]
