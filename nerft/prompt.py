@@ -10,32 +10,65 @@ decoder apply): about half the answer tokens to train on and to decode.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from nerft.config import ANSWER_FORMATS
 from nerft.data.example import Span
+from nerft.data.labels import label_set_problem
+from nerft.errors import NerftError
 
 NO_ENTITY = "没有找到任何实体"
 TEXT_KEY = "entity_text"
 LABEL_KEY = "entity_label"
 
 
+class TaskError(NerftError, ValueError):
+    """A label set or answer format no model can be trained or served with."""
+
+
+@dataclass(frozen=True)
+class AnswerPieces:
+    """The fixed text of an answer in one format, cut out of what `format_answer` writes:
+
+        answer = no_entity | line (sep line)*      line = open TEXT mid LABEL close
+
+    TEXT and LABEL are JSON string bodies (`escape_string`). The constrained decoder and the
+    GBNF grammar are built from these pieces, so they accept exactly what training wrote."""
+
+    no_entity: str
+    open: str  # before the entity text
+    mid: str  # from the quote closing the text to the label
+    close: str  # after the label
+    sep: str  # between two lines
+
+
+# Private-use placeholders: json.dumps writes them verbatim, and no format writes them itself.
+_TEXT, _LABEL = "\ue000T", "\ue001L"
+
+# How task.json names each format (`kind`), and what one line looks like.
+_FORMAT_KINDS = {"json": "json-lines", "compact": "compact-lines"}
+
+
 @dataclass(frozen=True)
 class Task:
-    """The label set (names the model sees) and the messages built from it."""
+    """The label set (names the model sees) and the answer format: the instruction, the answer
+    text, its parser, the repeated-line stop rule and the pieces its grammars are built from.
+
+    Constructing one validates it (`nerft.data.labels.label_set_problem`, the rule data
+    prepare applies too) and raises `TaskError` with one line saying what is wrong."""
 
     labels: tuple[str, ...]
     answer_format: str = "json"
 
     def __post_init__(self):
-        if not self.labels:
-            raise ValueError("a task needs at least one label")
+        if isinstance(self.labels, list):
+            object.__setattr__(self, "labels", tuple(self.labels))
+        problem = label_set_problem(self.labels)
+        if problem:
+            raise TaskError(f"{problem}; labels are written into the instruction: rename it "
+                            "(`nerft data prepare --label-map CODE=NAME`)")
         check_answer_format(self.answer_format)
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"duplicate label names in {self.labels}")
-        for label in self.labels:
-            check_label_name(label)
 
     @property
     def system_prompt(self) -> str:
@@ -70,6 +103,46 @@ class Task:
     def parse_answer(self, answer: str, sentence: str) -> "ParsedAnswer":
         return parse_answer(answer, sentence, self.labels, self.answer_format)
 
+    def parse_line(self, line: str) -> tuple[str, str] | None:
+        """(text, label) of one answer line in this format, or None when the line is not
+        exactly one entity (the label is not checked against the set)."""
+        line = line.strip()
+        if self.answer_format == "compact":
+            pairs = _compact_pairs(line)
+            return pairs[0] if pairs is not None and len(pairs) == 1 else None
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        return _entity_pair(obj)
+
+    def line_limit(self, line: str, sentence: str) -> int:
+        """The stop rule: how often a line may occur in one answer. An entity line as often
+        as its text occurs in the sentence (each mention is a place), any other line once."""
+        parsed = self.parse_line(line)
+        return max(1, _occurrences(sentence, parsed[0])) if parsed else 1
+
+    @cached_property
+    def pieces(self) -> AnswerPieces:
+        one = format_answer([Span(0, 1, _LABEL, _TEXT)], self.answer_format)
+        two = format_answer([Span(0, 1, _LABEL, _TEXT), Span(1, 2, _LABEL, _TEXT)],
+                            self.answer_format)
+        open_, rest = one.split(_TEXT)
+        mid, close = rest.split(_LABEL)
+        return AnswerPieces(NO_ENTITY, open_, mid, close, two[len(one):len(two) - len(one)])
+
+    def format_record(self) -> dict:
+        """The answer format as task.json describes it to other runtimes."""
+        record = {"name": self.answer_format, "kind": _FORMAT_KINDS[self.answer_format],
+                  "line": self.format_answer([Span(0, 1, "<one of labels>",
+                                                   "<a substring of the sentence>")])}
+        if self.answer_format == "json":
+            record.update(text_key=TEXT_KEY, label_key=LABEL_KEY)
+        record.update(no_entity=NO_ENTITY, separator=self.pieces.sep,
+                      order="entities in sentence order; repeated mentions map to successive "
+                            "occurrences")
+        return record
+
     def messages(self, text: str, answer: str | None = None) -> list[dict]:
         """Chat messages for one sentence; with `answer`, the full training conversation."""
         msgs = [
@@ -81,30 +154,27 @@ class Task:
         return msgs
 
 
-# Control-token syntax of the chat templates nerft knows (ChatML `<|...|>`, Llama `<<SYS>>`,
-# `[INST]`): labels are written into the system prompt, where such text would be parsed as a
-# control token and could end the system turn.
-_CONTROL_LIKE = re.compile(r"<\|.*?\|>|<<|>>|\[/?INST\]|</?s>")
-
-
-def check_label_name(label: str) -> None:
-    """Reject a label the instruction cannot hold: empty, multi-line, or control-token text."""
-    if not isinstance(label, str) or not label.strip():
-        raise ValueError(f"label names must be non-empty text, got {label!r}")
-    if label != label.strip() or any(c in label for c in "\r\n\t"):
-        raise ValueError(f"label {label!r} starts or ends with whitespace or holds a line "
-                         "break or tab; use a single-line name")
-    if _CONTROL_LIKE.search(label):
-        raise ValueError(f"label {label!r} looks like a chat control token; rename it")
-
-
 def user_message(text: str) -> str:
     return f"文本:{text}"
 
 
+def answer_format_of_record(record) -> str | None:
+    """The format name a task.json `answer_format` field gives (`Task.format_record`, or just
+    the name), or None when it names none nerft knows; files from before compact existed say
+    only `kind`."""
+    if isinstance(record, str):
+        return record if record in ANSWER_FORMATS else None
+    if not isinstance(record, dict):
+        return None
+    name = record.get("name")
+    if name is None:
+        name = next((n for n, kind in _FORMAT_KINDS.items() if kind == record.get("kind")), None)
+    return name if name in ANSWER_FORMATS and record.get("kind") == _FORMAT_KINDS[name] else None
+
+
 def check_answer_format(answer_format: str) -> None:
     if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"answer format {answer_format!r}: choose from {', '.join(ANSWER_FORMATS)}")
+        raise TaskError(f"answer format {answer_format!r}: choose from {', '.join(ANSWER_FORMATS)}")
 
 
 def format_answer(entities: list[Span], answer_format: str = "json") -> str:
@@ -122,6 +192,21 @@ def format_answer(entities: list[Span], answer_format: str = "json") -> str:
 
 def _json_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
+
+
+def escape_string(text: str) -> str:
+    """How both formats write `text` inside a string: json.dumps(ensure_ascii=False)'s body."""
+    return _json_string(text)[1:-1]
+
+
+def _occurrences(sentence: str, text: str) -> int:
+    """Occurrences of `text` in `sentence`, overlapping ones included (an upper bound on the
+    mentions an answer may list)."""
+    count, start = 0, sentence.find(text)
+    while start >= 0:
+        count += 1
+        start = sentence.find(text, start + 1)
+    return count
 
 
 @dataclass(frozen=True)
@@ -201,6 +286,15 @@ def parse_answer(answer: str, sentence: str, labels: tuple[str, ...] | None = No
     return result
 
 
+def _compact_pairs(line: str) -> list[tuple] | None:
+    """The (text, label) pairs of one compact line as written, or None when it is not
+    `"text": "label"` pairs at all."""
+    try:
+        return json.loads("{" + line + "}", object_pairs_hook=list)
+    except json.JSONDecodeError:
+        return None
+
+
 def _compact_line(line: str, result: ParsedAnswer) -> list[dict]:
     """The mentions of one compact line (`"text": "label"`), as json-format objects."""
     if not line:
@@ -208,9 +302,8 @@ def _compact_line(line: str, result: ParsedAnswer) -> list[dict]:
     if line == NO_ENTITY:
         result.issues.append(ParseIssue("malformed", "no-entity phrase mixed with entities"))
         return []
-    try:
-        pairs = json.loads("{" + line + "}", object_pairs_hook=list)
-    except json.JSONDecodeError:
+    pairs = _compact_pairs(line)
+    if pairs is None:
         result.issues.append(ParseIssue("malformed", f"not a \"text\": \"label\" line: {line[:60]!r}"))
         return []
     out = []
@@ -223,16 +316,27 @@ def _compact_line(line: str, result: ParsedAnswer) -> list[dict]:
     return out
 
 
+def _entity_pair(obj) -> tuple[str, str] | None:
+    """(text, label) of a json-format entity object, or None when its fields are wrong."""
+    if not isinstance(obj, dict):
+        return None
+    text, label = obj.get(TEXT_KEY), obj.get(LABEL_KEY)
+    if not isinstance(text, str) or not text or not isinstance(label, str):
+        return None
+    return text, label
+
+
 def _place_mention(obj, sentence, labels, result: ParsedAnswer, taken, cursor) -> None:
     if not isinstance(obj, dict):
         result.issues.append(ParseIssue("bad_field", f"expected an object, got {obj!r:.60}"))
         return
-    text, label = obj.get(TEXT_KEY), obj.get(LABEL_KEY)
-    if not isinstance(text, str) or not text or not isinstance(label, str):
+    pair = _entity_pair(obj)
+    if pair is None:
         result.issues.append(
             ParseIssue("bad_field", f"needs string {TEXT_KEY!r} and {LABEL_KEY!r}: {obj!r:.80}")
         )
         return
+    text, label = pair
     if labels is not None and label not in labels:
         result.issues.append(ParseIssue("unknown_label", label))
         return

@@ -124,3 +124,18 @@ def test_round_trip_on_real_corpora(shared_data, inputs):
         # the compact format names the same entities the same way
         assert compact.parse_answer(compact.format_answer(ex.entities), ex.text).spans == parsed.spans
     assert exact / len(examples) > 0.995
+
+
+@pytest.mark.parametrize("answer_format", ["json", "compact"])
+def test_parse_line_reads_one_line_of_the_tasks_own_format(answer_format):
+    task, other = Task(LABELS, answer_format), Task(LABELS, "compact" if answer_format == "json" else "json")
+    for span in GOLD:
+        line = task.format_answer([span])
+        assert task.parse_line(line) == (span.text, span.label)
+        assert other.parse_line(line) is None  # the other format's line is not an entity here
+    assert task.parse_line(NO_ENTITY) is None and task.parse_line("") is None
+    assert task.parse_line(task.format_answer(GOLD[:2]).replace("\n", " ")) is None  # two in one
+    # the stop rule: an entity line as often as its text occurs, anything else once
+    assert task.line_limit(task.format_answer([GOLD[0]]), SENT) == 2  # 菲律宾 twice
+    assert task.line_limit(task.format_answer([GOLD[1]]), SENT) == 1
+    assert task.line_limit(NO_ENTITY, SENT) == 1

@@ -52,24 +52,49 @@ _NOMINAL_NAMES = {"PER": "泛指人称", "LOC": "泛指地点", "ORG": "泛指�
 
 DROP = "-"  # a user map value that drops the label
 
-# Label names are written into the system prompt: a line break or a chat-template control
-# token there would change the conversation the model sees.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
-_SPECIAL_TOKEN = re.compile(r"<\||\|>|<\s*/?\s*s\s*>|\[/?INST\]")
+# Label names are written into the system prompt: a line break, a control character or a
+# chat-template control token there would change the conversation the model sees. Control-token
+# syntax of the templates nerft knows: ChatML `<|...|>`, Llama 2 `<<SYS>>` and `[INST]`, and
+# `<s>` / `</s>` (with or without spaces inside the brackets).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SPECIAL_TOKEN = re.compile(r"<\||\|>|<<|>>|<\s*/?\s*s\s*>|\[\s*/?\s*INST\s*\]")
 
 
 class LabelMapError(NerftError, ValueError):
     pass
 
 
-def label_problem(name: str) -> str | None:
-    """Why `name` cannot be a label the model sees, or None when it can."""
+def label_problem(name) -> str | None:
+    """Why `name` cannot be a label the model sees, or None when it can.
+
+    The one label rule: data prepare, the task a model is trained and served for, and an
+    export's task.json all ask this function, so a label passes or fails everywhere alike."""
+    if not isinstance(name, str):
+        return f"is not text ({type(name).__name__})"
     if not name.strip():
         return "is empty"
     if _CONTROL.search(name):
         return "contains a line break or control character"
+    if name != name.strip():
+        return "starts or ends with whitespace"
     if _SPECIAL_TOKEN.search(name):
-        return "contains a chat-template special token such as <|im_end|>"
+        return "contains a chat-template special token such as <|im_end|>, <<SYS>>, [INST] or </s>"
+    return None
+
+
+def label_set_problem(labels) -> str | None:
+    """Why `labels` cannot be a task's label set (empty, a duplicate, a bad name), or None."""
+    if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:
+        return "a task needs a non-empty list of label names"
+    for name in labels:
+        problem = label_problem(name)
+        if problem:
+            return f"label {name!r} {problem}"
+    seen: set[str] = set()
+    for name in labels:
+        if name in seen:
+            return f"label {name!r} is listed twice"
+        seen.add(name)
     return None
 
 

@@ -1,17 +1,15 @@
-"""GBNF grammars (llama.cpp's grammar format) for the answer format, so runtimes that take a
-grammar keep answers parseable: `answer_grammar(labels)` for any sentence, and
-`answer_grammar(labels, sentence)` that also keeps every entity text a substring of the sentence,
-as nerft's own constrained decoding does.
+"""GBNF grammars (llama.cpp's grammar format, also read by llguidance and so by vLLM) for a task's
+answer format, so runtimes that take a grammar keep answers parseable: `answer_grammar(task)`
+for any sentence, and `answer_grammar(task, sentence)` that also keeps every entity text a
+substring of the sentence, as nerft's own constrained decoding does.
 
-The answer is what `nerft.prompt.format_answer` writes: `json.dumps` lines with ", " and ": "
-separators and non-ASCII characters as themselves, or the no-entity phrase.
+The grammar spells no format of its own: its literals are the task's answer pieces
+(`Task.pieces`) and its strings the task's escaping (`escape_string`), in either answer format.
 """
 
 from __future__ import annotations
 
-import json
-
-from nerft.prompt import LABEL_KEY, NO_ENTITY, TEXT_KEY
+from nerft.prompt import Task, escape_string
 
 
 def _literal(text: str) -> str:
@@ -33,20 +31,15 @@ def _literal(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _json_char(ch: str) -> str:
-    """How `json.dumps(..., ensure_ascii=False)` writes one character inside a string."""
-    return json.dumps(ch, ensure_ascii=False)[1:-1]
-
-
-def answer_grammar(labels: tuple[str, ...] | list[str], sentence: str | None = None) -> str:
-    """GBNF for an answer: the no-entity phrase, or entity lines with known labels."""
-    prefix = json.dumps({TEXT_KEY: "\0", LABEL_KEY: "\1"}, ensure_ascii=False)
-    before_text, rest = prefix.split("\\u0000")
-    between, after_label = rest.split("\\u0001")
+def answer_grammar(task: Task, sentence: str | None = None) -> str:
+    """GBNF for an answer: the no-entity phrase, or entity lines with the task's labels."""
+    if not isinstance(task, Task):
+        raise TypeError("answer_grammar takes the Task (its labels and answer format)")
+    p = task.pieces
     rules = [
-        f"root ::= {_literal(NO_ENTITY)} | entity (\"\\n\" entity)*",
-        f"entity ::= {_literal(before_text)} text {_literal(between)} label {_literal(after_label)}",
-        "label ::= " + " | ".join(_literal(label) for label in labels),
+        f"root ::= {_literal(p.no_entity)} | entity ({_literal(p.sep)} entity)*",
+        f"entity ::= {_literal(p.open)} text {_literal(p.mid)} label {_literal(p.close)}",
+        "label ::= " + " | ".join(_literal(escape_string(label)) for label in task.labels),
     ]
     if sentence is None:
         # Any non-empty JSON string body: plain characters or escapes.
@@ -59,5 +52,5 @@ def answer_grammar(labels: tuple[str, ...] | list[str], sentence: str | None = N
     rules.append("text ::= " + " | ".join(f"s{i}" for i in range(len(chars))))
     for i, ch in enumerate(chars):
         follow = f" s{i + 1}?" if i + 1 < len(chars) else ""
-        rules.append(f"s{i} ::= {_literal(_json_char(ch))}{follow}")
+        rules.append(f"s{i} ::= {_literal(escape_string(ch))}{follow}")
     return "\n".join(rules) + "\n"

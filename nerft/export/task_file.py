@@ -9,11 +9,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nerft.prompt import LABEL_KEY, NO_ENTITY, TEXT_KEY, Task, user_message
+from nerft.atomic import write_json
 from nerft.chat import end_of_turn_id, stop_token_ids as stop_token_set
+from nerft.data.labels import label_set_problem
+from nerft.errors import NerftError
+from nerft.prompt import Task, answer_format_of_record, user_message
 
 TASK_FILE = "task.json"
 TASK_FORMAT = "nerft-task/1"
+
+
+class TaskFileError(NerftError, ValueError):
+    """An export's task.json that cannot be read or names a task no model can have."""
 
 
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
@@ -31,14 +38,7 @@ def task_record(task: Task, tokenizer, generation_config=None, *, base_model: st
         "labels": list(task.labels),
         "system_prompt": task.system_prompt,
         "user_message": user_message("{text}"),
-        "answer_format": {
-            "kind": "json-lines",
-            "line": {TEXT_KEY: "<a substring of the sentence>", LABEL_KEY: "<one of labels>"},
-            "text_key": TEXT_KEY,
-            "label_key": LABEL_KEY,
-            "no_entity": NO_ENTITY,
-            "order": "entities in sentence order; repeated mentions map to successive occurrences",
-        },
+        "answer_format": task.format_record(),
         "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in stops],
         "stop_token_ids": stops,
         "chat_template": tokenizer.chat_template,
@@ -49,20 +49,40 @@ def task_record(task: Task, tokenizer, generation_config=None, *, base_model: st
 
 def write_task(folder: Path, record: dict) -> Path:
     path = Path(folder) / TASK_FILE
-    path.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_json(path, record)
     return path
 
 
 def read_task(folder: Path) -> dict:
-    """The task of an export; the error names the file and field a user must fix."""
+    """The task record of an export, checked (`check_task_record`)."""
     path = Path(folder) / TASK_FILE
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read ({e})") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TaskFileError(f"{path}: cannot read ({e})") from e
+    return check_task_record(record, path)
+
+
+def check_task_record(record, where) -> dict:
+    """`record` when it describes a task nerft can prompt (then `task_of(record)` cannot fail);
+    otherwise a TaskFileError naming `where` (the file) and the field a user must fix."""
     if not isinstance(record, dict) or record.get("format") != TASK_FORMAT:
-        raise ValueError(f"{path}: field format is not {TASK_FORMAT!r}")
-    labels = record.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise ValueError(f"{path}: field labels must be a non-empty list of names")
+        raise TaskFileError(f"{where}: field format is not {TASK_FORMAT!r}")
+    problem = label_set_problem(record.get("labels"))
+    if problem:
+        raise TaskFileError(f"{where}: field labels: {problem}; export the model again with "
+                            "labels nerft accepts")
+    if answer_format_of_record(record.get("answer_format")) is None:
+        raise TaskFileError(f"{where}: field answer_format does not name an answer format this "
+                            "nerft knows (json-lines or compact-lines)")
     return record
+
+
+def task_of(record: dict) -> Task:
+    """The Task a checked task.json record describes (labels and answer format)."""
+    return Task(tuple(record["labels"]), answer_format_of_record(record["answer_format"]))
+
+
+def load_task(folder: Path) -> Task:
+    """The Task of an export folder, from its task.json."""
+    return task_of(read_task(folder))

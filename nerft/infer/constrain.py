@@ -1,7 +1,7 @@
 """Constrained decoding: the model can only write a well-formed answer about its own sentence.
 
-The answer language, over UTF-8 bytes (the pieces come from `format_answer` in the task's
-answer format, so they are exactly the bytes training taught):
+The answer language, over UTF-8 bytes (the pieces are the task's own, `Task.pieces`, cut out of
+what `format_answer` writes, so they are exactly the bytes training taught):
 
     answer = NO_ENTITY EOT  |  line (SEP line)* EOT
     line   = OPEN text MID label CLOSE        e.g. {"entity_text": "南京", "entity_label": "地点"}
@@ -25,7 +25,6 @@ row can still finish after it, so even a random model writes a complete answer.
 
 from __future__ import annotations
 
-import json
 import weakref
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -33,16 +32,14 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from nerft.data.example import Span
-from nerft.prompt import NO_ENTITY, Task, format_answer
+from nerft.prompt import Task, escape_string
 from nerft.chat import end_of_turn_id
-
-_TEXT, _LABEL = "\ue000T", "\ue001L"  # private-use placeholders, escaped verbatim by json
 
 
 @dataclass(frozen=True)
 class AnswerFormat:
-    """The fixed byte pieces of an answer, cut out of what `format_answer` writes."""
+    """The task's answer pieces (`Task.pieces`) as bytes, checked to be ones the automaton
+    below can follow."""
 
     no_entity: bytes
     open: bytes  # before the entity text
@@ -51,23 +48,19 @@ class AnswerFormat:
     sep: bytes  # between two lines
 
     @classmethod
-    def from_format_answer(cls, answer_format: str = "json") -> "AnswerFormat":
-        one = format_answer([Span(0, 1, _LABEL, _TEXT)], answer_format)
-        two = format_answer([Span(0, 1, _LABEL, _TEXT), Span(1, 2, _LABEL, _TEXT)], answer_format)
-        open_, rest = one.split(_TEXT)
-        mid, close = rest.split(_LABEL)
-        sep = two[len(one):len(two) - len(one)]
-        fmt = cls(NO_ENTITY.encode(), open_.encode(), mid.encode(), close.encode(), sep.encode())
+    def of(cls, task: Task) -> "AnswerFormat":
+        p = task.pieces
+        fmt = cls(*(x.encode() for x in (p.no_entity, p.open, p.mid, p.close, p.sep)))
         if not (fmt.open and fmt.mid and fmt.close and fmt.sep) or fmt.open[0] == fmt.no_entity[0]:
-            raise ValueError(f"answer format {one!r} cannot be constrained")
+            raise ValueError(f"answer format {task.answer_format!r} cannot be constrained")
         if fmt.mid[:1] != b'"' or fmt.close[:1] != b'"':
-            raise ValueError(f"answer format {one!r}: strings must be closed by a quote")
+            raise ValueError(f"answer format {task.answer_format!r}: strings must be closed by a quote")
         return fmt
 
 
 def escape(text: str) -> bytes:
-    """The bytes json.dumps(ensure_ascii=False) writes for `text` inside a string."""
-    return json.dumps(text, ensure_ascii=False)[1:-1].encode()
+    """The bytes the task's formats write for `text` inside a string."""
+    return escape_string(text).encode()
 
 
 # --- the vocabulary as byte strings, built once per tokenizer -------------------------------
@@ -356,7 +349,7 @@ class AnswerConstraint:
 
     def __init__(self, tokenizer, task: Task, texts: list[str], budgets: list[int]):
         vocab = token_bytes(tokenizer)
-        fmt = AnswerFormat.from_format_answer(task.answer_format)
+        fmt = AnswerFormat.of(task)
         labels = tuple(escape(lb) for lb in task.labels)
         self.rows = [RowConstraint(vocab, fmt, labels, t, b) for t, b in zip(texts, budgets)]
 

@@ -125,7 +125,7 @@ class RunningBatch:
                              cache=cache, use_cache=True).last_hidden_state[:, -1]
         constraints = (AnswerConstraint(parts.tokenizer, parts.task, texts, budgets).rows
                        if constrained else None)
-        guards = [RepeatedLineGuard(parts.tokenizer, t) for t in texts]
+        guards = [RepeatedLineGuard(parts.tokenizer, t, parts.task) for t in texts]
         for i in rows:
             self.outputs[i] = []
         if not self.rows:

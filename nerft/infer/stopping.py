@@ -8,34 +8,24 @@ the gold answer never costs more than 32 + 4.62 tokens per character of the sent
 with no fixed cap.
 
 A model that loops writes the same entity line again and again; such an answer is ended by
-the repeated-line rule long before the budget: an entity line may occur at most as many
-times as its text occurs in the sentence, and any other line once. The line that breaks the
-rule is dropped and the answer ends after the previous line, so a correct answer (whose
-mentions are distinct places in the sentence) is never touched.
+the repeated-line rule long before the budget. The rule is the task's (`Task.line_limit`: an
+entity line may occur at most as many times as its text occurs in the sentence, any other line
+once), so it reads lines in whichever answer format the model was trained on. The line that
+breaks the rule is dropped and the answer ends after the previous line, so a correct answer
+(whose mentions are distinct places in the sentence) is never touched.
 """
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections import Counter
 
-from nerft.prompt import LABEL_KEY, TEXT_KEY
+from nerft.prompt import Task
 
 
 def answer_token_budget(text: str) -> int:
     """Most answer tokens (stop token included) a sentence's answer may take."""
     return 48 + 6 * len(text)
-
-
-def _occurrences(sentence: str, text: str) -> int:
-    """Occurrences of `text` in `sentence`, overlapping ones included (an upper bound on the
-    mentions an answer may list)."""
-    count, start = 0, sentence.find(text)
-    while start >= 0:
-        count += 1
-        start = sentence.find(text, start + 1)
-    return count
 
 
 _NEWLINE_TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -53,8 +43,8 @@ def _holds_newline(tokenizer, token: int) -> bool:
 class RepeatedLineGuard:
     """Watches one row's answer and says where to cut it when a line repeats too often."""
 
-    def __init__(self, tokenizer, sentence: str):
-        self.tokenizer, self.sentence = tokenizer, sentence
+    def __init__(self, tokenizer, sentence: str, task: Task):
+        self.tokenizer, self.sentence, self.task = tokenizer, sentence, task
         self.seen: Counter[str] = Counter()
         self.line_start = 0  # index of the token where the current line began
         self.skip = 0  # characters of that token that still belong to the previous line
@@ -73,7 +63,7 @@ class RepeatedLineGuard:
             if not line:
                 continue
             self.seen[line] += 1
-            if self.seen[line] > self._allowed(line):
+            if self.seen[line] > self.task.line_limit(line, self.sentence):
                 # Byte-level BPE tokens end at a newline, so the line starts on a token of
                 # its own; otherwise keep the token that ends the previous line.
                 return self.line_start + (1 if self.skip else 0)
@@ -81,13 +71,3 @@ class RepeatedLineGuard:
         self.line_start = len(tokens) - (1 if tail else 0)
         self.skip = len(newest) - len(tail) if tail else 0
         return None
-
-    def _allowed(self, line: str) -> int:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            return 1
-        text = obj.get(TEXT_KEY) if isinstance(obj, dict) else None
-        if isinstance(text, str) and text and isinstance(obj.get(LABEL_KEY), str):
-            return max(1, _occurrences(self.sentence, text))
-        return 1

@@ -7,6 +7,9 @@ import pytest
 from corpus_fixtures import RESUME, RESUME_MAP, WEIBO, WEIBO_MAP, ccfbdci_line, read_jsonl, stats_of
 from nerft.data.labels import LabelMapError, parse_label_map
 from nerft.data.prepare import prepare
+from nerft.errors import NerftError
+from nerft.export.task_file import TASK_FORMAT, TaskFileError, read_task, task_of
+from nerft.prompt import Task, TaskError
 
 
 def rows_of(out):
@@ -150,3 +153,60 @@ def test_unused_label_map_key_is_a_warning(cli, weibo_file, tmp_path):
     res = cli("data", "prepare", weibo_file, "--out", tmp_path / "o", "--label-map", "PERSN=人名")
     assert res.exit_code == 0
     assert "warning:" in res.stderr and "PERSN" in res.stderr
+
+
+# (label, whether it may be a label): one rule, asked by data prepare, Task and task.json.
+LABEL_VERDICTS = [
+    ("A<<B", False),  # Llama 2's <<SYS>> syntax: passed data prepare before, refused at training
+    ("<s >", False),  # a sentence token written with a space: refused by data prepare only
+    ("", False), ("  ", False), ("人名\n系统", False), ("人\t名", False), (" 人名", False),
+    ("<|im_end|>", False), ("[INST]", False), ("</s>", False), ("a\u2028b", False),
+    ("人名", True), ("A<B", True), ("C++", True), ('书名"号', True),
+]
+
+
+def _task_json(folder, labels):
+    record = {"format": TASK_FORMAT, "labels": labels,
+              "answer_format": Task(("地点",)).format_record()}
+    (folder / "task.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("label, ok", LABEL_VERDICTS)
+def test_one_label_rule_at_data_prepare_training_and_task_json(tmp_path, label, ok):
+    # data prepare: a corpus row with the label is kept or rejected as invalid_label
+    path = tmp_path / "in.jsonl"
+    path.write_text(ccfbdci_line("张三来了", [(0, 2, label)]) + "\n" +
+                    ccfbdci_line("李四来了", [(0, 2, "PER")]) + "\n", encoding="utf-8")
+    prep = prepare([path], ratios=(1.0, 0.0, 0.0))
+    kept = [ex.text for ex in prep.splits["train"]]
+    assert (kept == ["张三来了", "李四来了"]) is ok, (kept, prep.rejections)
+    assert [r.reason for r in prep.rejections] == ([] if ok else ["invalid_label"])
+    # and as a --label-map name (an empty value is refused as not CODE=NAME; a map's names are
+    # trimmed like its keys, so " 人名" there means 人名)
+    if ok:
+        assert parse_label_map(f"PER={label}") == {"PER": label}
+    elif label == label.strip():
+        with pytest.raises(LabelMapError):
+            parse_label_map(f"PER={label}")
+    # training and serving build a Task: the same verdict, as a one-line NerftError
+    if ok:
+        assert Task(("地点", label)).labels == ("地点", label)
+        assert task_of(read_task(_task_json(tmp_path, ["地点", label]))).labels == ("地点", label)
+        return
+    with pytest.raises(TaskError) as refused:
+        Task(("地点", label))
+    assert isinstance(refused.value, NerftError) and "\n" not in str(refused.value)
+    assert f"label {label!r}" in str(refused.value)
+    with pytest.raises(TaskFileError, match=r"task\.json: field labels: label") as refused:
+        read_task(_task_json(tmp_path, ["地点", label]))
+    assert isinstance(refused.value, NerftError) and "\n" not in str(refused.value)
+
+
+def test_duplicate_labels_are_one_line_at_training_and_in_task_json(tmp_path):
+    with pytest.raises(TaskError, match="label '人名' is listed twice"):
+        Task(("人名", "地点", "人名"))
+    with pytest.raises(TaskFileError, match=r"task\.json: field labels: label '人名' is listed twice"):
+        read_task(_task_json(tmp_path, ["人名", "地点", "人名"]))
+    with pytest.raises(TaskFileError, match="field labels: a task needs a non-empty list"):
+        read_task(_task_json(tmp_path, []))

@@ -87,7 +87,7 @@ def test_grammar_accepts_answers_and_rejects_the_rest(gguf_export, matcher_for):
     gold = [Span(sentence.index(t), sentence.index(t) + 2, label, t)
             for t, label in (("北京", "地点"), ("上海", "地点"), ("李白", "人名"))]
     answer = format_answer(gold)
-    specific = answer_grammar(TASK.labels, sentence)
+    specific = answer_grammar(TASK, sentence)
     for grammar in (generic, specific):
         assert matcher_for(grammar, answer)
         assert matcher_for(grammar, "没有找到任何实体")

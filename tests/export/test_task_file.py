@@ -1,0 +1,53 @@
+"""task.json names the task's answer format (json or compact) and reads back to the same Task;
+a task.json no model can be prompted with is one line naming its field."""
+
+import json
+
+import pytest
+
+from nerft.data.example import Span
+from nerft.errors import NerftError
+from nerft.export.task_file import TaskFileError, check_task_record, read_task, task_of, task_record, write_task
+from nerft.prompt import Task
+
+LABELS = ("地点", "人名")
+
+
+@pytest.mark.parametrize("answer_format", ["json", "compact"])
+def test_task_json_round_trips_the_answer_format(qwen_tokenizer, tmp_path, answer_format):
+    task = Task(LABELS, answer_format)
+    write_task(tmp_path, task_record(task, qwen_tokenizer, base_model="base"))
+    record = read_task(tmp_path)
+    assert task_of(record) == task
+    assert record["system_prompt"] == task.system_prompt
+    described = record["answer_format"]
+    assert described["name"] == answer_format
+    # the example line is a line of this format: the task's own parser reads it
+    assert task.parse_line(described["line"]) == ("<a substring of the sentence>", "<one of labels>")
+    answer = task.format_answer([Span(0, 2, "地点", "北京"), Span(3, 5, "地点", "北京")])
+    assert answer.split(described["separator"]) == [described["line"].replace(
+        "<a substring of the sentence>", "北京").replace("<one of labels>", "地点")] * 2
+
+
+def test_task_json_from_before_compact_reads_as_json(qwen_tokenizer, tmp_path):
+    record = task_record(Task(LABELS), qwen_tokenizer)
+    record["answer_format"] = {"kind": "json-lines", "text_key": "entity_text",
+                               "label_key": "entity_label"}
+    assert task_of(check_task_record(record, "task.json")) == Task(LABELS)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("answer_format", {"name": "yaml", "kind": "yaml-lines"}, "field answer_format"),
+    ("answer_format", {"name": "compact", "kind": "json-lines"}, "field answer_format"),
+    ("labels", ["地点", "<|im_start|>"], "field labels: label '<|im_start|>' contains"),
+    ("labels", "地点", "field labels"),
+    ("format", "nerft-task/0", "field format"),
+])
+def test_a_task_json_nerft_cannot_prompt_with_is_one_line(qwen_tokenizer, tmp_path, field, value, message):
+    record = task_record(Task(LABELS), qwen_tokenizer)
+    record[field] = value
+    (tmp_path / "task.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(TaskFileError, match=message) as refused:
+        read_task(tmp_path)
+    assert isinstance(refused.value, NerftError) and "\n" not in str(refused.value)
+    assert str(refused.value).startswith(str(tmp_path / "task.json"))
