@@ -172,6 +172,21 @@ def answer_format_of_record(record) -> str | None:
     return name if name in ANSWER_FORMATS and record.get("kind") == _FORMAT_KINDS[name] else None
 
 
+def task_from_record(record, where) -> Task:
+    """The Task a task.json record describes (its `labels` and `answer_format` fields); a
+    record no model can be prompted with is a TaskError naming `where` and the field."""
+    labels = record.get("labels") if isinstance(record, dict) else None
+    problem = label_set_problem(labels)
+    if problem:
+        raise TaskError(f"{where}: field labels: {problem}; export the model again with labels "
+                        "nerft accepts")
+    answer_format = answer_format_of_record(record.get("answer_format"))
+    if answer_format is None:
+        raise TaskError(f"{where}: field answer_format does not name an answer format this nerft "
+                        f"knows ({', '.join(_FORMAT_KINDS.values())})")
+    return Task(tuple(labels), answer_format)
+
+
 def check_answer_format(answer_format: str) -> None:
     if answer_format not in ANSWER_FORMATS:
         raise TaskError(f"answer format {answer_format!r}: choose from {', '.join(ANSWER_FORMATS)}")

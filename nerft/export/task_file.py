@@ -11,9 +11,8 @@ from pathlib import Path
 
 from nerft.atomic import write_json
 from nerft.chat import end_of_turn_id, stop_token_ids as stop_token_set
-from nerft.data.labels import label_set_problem
 from nerft.errors import NerftError
-from nerft.prompt import Task, answer_format_of_record, user_message
+from nerft.prompt import Task, TaskError, task_from_record, user_message
 
 TASK_FILE = "task.json"
 TASK_FORMAT = "nerft-task/1"
@@ -68,19 +67,16 @@ def check_task_record(record, where) -> dict:
     otherwise a TaskFileError naming `where` (the file) and the field a user must fix."""
     if not isinstance(record, dict) or record.get("format") != TASK_FORMAT:
         raise TaskFileError(f"{where}: field format is not {TASK_FORMAT!r}")
-    problem = label_set_problem(record.get("labels"))
-    if problem:
-        raise TaskFileError(f"{where}: field labels: {problem}; export the model again with "
-                            "labels nerft accepts")
-    if answer_format_of_record(record.get("answer_format")) is None:
-        raise TaskFileError(f"{where}: field answer_format does not name an answer format this "
-                            "nerft knows (json-lines or compact-lines)")
+    try:
+        task_from_record(record, where)
+    except TaskError as e:
+        raise TaskFileError(str(e)) from None
     return record
 
 
 def task_of(record: dict) -> Task:
     """The Task a checked task.json record describes (labels and answer format)."""
-    return Task(tuple(record["labels"]), answer_format_of_record(record["answer_format"]))
+    return task_from_record(record, TASK_FILE)
 
 
 def load_task(folder: Path) -> Task:

@@ -8,7 +8,7 @@ import pytest
 from nerft.data.example import Span
 from nerft.errors import NerftError
 from nerft.export.task_file import TaskFileError, check_task_record, read_task, task_of, task_record, write_task
-from nerft.prompt import Task
+from nerft.prompt import Task, TaskError, task_from_record
 
 LABELS = ("地点", "人名")
 
@@ -51,3 +51,12 @@ def test_a_task_json_nerft_cannot_prompt_with_is_one_line(qwen_tokenizer, tmp_pa
         read_task(tmp_path)
     assert isinstance(refused.value, NerftError) and "\n" not in str(refused.value)
     assert str(refused.value).startswith(str(tmp_path / "task.json"))
+
+
+def test_task_from_record_takes_the_format_described_or_named():
+    # the loader of an export may hold the format as task.json describes it or as a bare name
+    described = {"labels": list(LABELS), "answer_format": Task(LABELS, "compact").format_record()}
+    assert task_from_record(described, "task.json") == Task(LABELS, "compact")
+    assert task_from_record({"labels": list(LABELS), "answer_format": "compact"}, "x") == Task(LABELS, "compact")
+    with pytest.raises(TaskError, match=r"^nerft\.json: field labels: label '人名' is listed twice"):
+        task_from_record({"labels": ["人名", "人名"], "answer_format": "json"}, "nerft.json")
