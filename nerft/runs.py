@@ -65,12 +65,11 @@ def describe(run: RunDir, root: Path) -> RunRow:
     parent = run.parent()
     summary = run.summary_info() or {}
     steps = summary.get("steps")
-    if steps is None and run.metrics.is_file():  # still running, or stopped: the last step logged
-        lines = [line for line in run.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-        steps = json.loads(lines[-1]).get("step") if lines else None
+    if steps is None:  # still running, or stopped: the last step logged
+        steps = run.last_logged_step()
     best = summary.get("best_f1")
-    if best is None and (run.best / "scores.json").is_file():
-        best = json.loads((run.best / "scores.json").read_text(encoding="utf-8")).get("eval_f1")
+    if best is None:
+        best = run.best_scores().get("eval_f1")
     try:
         weights = run.weights()
     except RunDirError:

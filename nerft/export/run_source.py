@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
+from nerft.data.prepared import PreparedData
 from nerft.export import ExportError
 from nerft.run_dir import RunDir, RunDirError
 
@@ -30,41 +31,25 @@ class RunSource:
         return (self.weights / "adapter_config.json").is_file()
 
     def scores(self) -> dict:
-        """Validation scores of the kept weights (`best/scores.json`) and test scores of the
-        latest `nerft eval RUN` (`eval-test/metrics.json`), where present."""
+        """Validation scores of the kept weights (best/'s) and test scores of the latest
+        `nerft eval RUN`, where present."""
         found: dict = {}
-        best_scores = self.weights / "scores.json"
-        if best_scores.is_file():
-            found["validation"] = _read_json(best_scores)
-        test = self.run / "eval-test" / "metrics.json"
-        if test.is_file():
-            strict = _read_json(test).get("scores", {}).get("strict", {}).get("micro", {})
-            sentences = _read_json(test).get("sentences")
-            if strict:
-                found["test"] = {"f1": strict.get("f1"), "precision": strict.get("precision"),
-                                 "recall": strict.get("recall"), "sentences": sentences}
+        try:
+            validation = RunDir(self.run).scores_of(self.weights)
+            test = RunDir(self.run).eval_scores("test")
+        except RunDirError as e:
+            raise ExportError(str(e)) from e
+        if validation:
+            found["validation"] = validation
+        if test:
+            found["test"] = test
         return found
 
     def validation_texts(self, limit: int) -> list[str]:
         """Up to `limit` sentences of the run's validation split (for the export's own check)."""
-        if self.data_dir is None or not (self.data_dir / "val.jsonl").is_file():
+        if self.data_dir is None or not PreparedData(self.data_dir).split("val").is_file():
             return []
-        texts = []
-        with open(self.data_dir / "val.jsonl", encoding="utf-8") as f:
-            for line in f:
-                if line.strip() and len(texts) < limit:
-                    texts.append(json.loads(line)["text"])
-        return texts
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: cannot read ({e})") from e
-    if not isinstance(data, dict):
-        raise ExportError(f"{path}: expected a JSON object")
-    return data
+        return [ex.text for ex in islice(PreparedData(self.data_dir).rows("val"), limit)]
 
 
 def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:

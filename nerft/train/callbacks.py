@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from transformers import TrainerCallback
 
-from nerft.run_dir import append_metrics
+from nerft.run_dir import RunDir
 
 _KEEP = ("loss", "learning_rate", "grad_norm", "eval_loss", "eval_f1", "eval_precision",
          "eval_recall", "eval_parse_rate", "epoch")
@@ -32,11 +32,12 @@ class _StepClock(TrainerCallback):
 
 
 class MetricsFile(_StepClock):
-    """One JSON line per log event; train and eval lines are told apart by their keys."""
+    """One line of the run's metrics.jsonl per log event; train and eval lines are told apart
+    by their keys."""
 
-    def __init__(self, path: Path, samples_per_step: int):
+    def __init__(self, run: RunDir, samples_per_step: int):
         super().__init__(samples_per_step)
-        self.path = Path(path)
+        self.run = run
 
     def on_log(self, args, state, control, logs=None, **kw):
         record = {"step": state.global_step, **_clean(logs or {})}
@@ -45,7 +46,7 @@ class MetricsFile(_StepClock):
             record["samples_per_s"] = round(
                 (state.global_step - self._step0) * self.samples_per_step / elapsed, 4)
         if set(record) - {"step", "epoch"}:
-            append_metrics(self.path, record)
+            self.run.append_metric(record)
 
 
 class RichProgress(_StepClock):

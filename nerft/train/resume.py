@@ -2,24 +2,22 @@
 
 Every interruption has a way on: killed before the first checkpoint → `--resume` starts again
 from step 0; killed later → `--resume` continues from the newest complete checkpoint (a damaged
-one is named and skipped); finished → `--resume` says so and changes nothing; anything else →
-`--overwrite` starts afresh. One `nerft train` at a time writes a run (a lock).
+one is named, kept as damaged-checkpoint-N and skipped); no checkpoint usable but trained
+weights in best/ or final/ → `--resume` keeps them and says how to continue from them;
+finished → `--resume` says so and changes nothing; anything else → `--overwrite` starts afresh.
+One `nerft train` at a time writes a run (`RunDir.writing`, a lock).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 from nerft.config import Config
-from nerft.run_dir import RunDir
 from nerft.errors import NerftError
+from nerft.run_dir import RunDir
 
 # What the Trainer needs to continue exactly where it stopped.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
@@ -39,32 +37,20 @@ class AlreadyFinished(Exception):
     """`--resume` on a run that has finished: nothing to do."""
 
 
-@contextmanager
-def run_lock(run: RunDir) -> Iterator[None]:
-    """Hold the run's lock while training writes it; a second `nerft train` is refused."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    with open(run.lock, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunStateError(f"{run.path}: another `nerft train` ({holder}) is writing this run; "
-                                "wait for it or choose another training.output_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def weights_problems(folder: Path) -> list[str]:
+    """What makes a checkpoint's weights unloadable ([] when they are whole)."""
+    weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+    if weights is None:
+        return ["no weights (adapter_model.safetensors or model.safetensors)"]
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
 
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint folders, newest first."""
-    found = [p for p in Path(run_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                list(f.keys())
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            return [f"{weights.name} is damaged ({type(e).__name__})"]
+    return []
 
 
 def checkpoint_problems(folder: Path) -> list[str]:
@@ -72,17 +58,7 @@ def checkpoint_problems(folder: Path) -> list[str]:
     problems = [f"no {name}" for name in CHECKPOINT_FILES if not (folder / name).is_file()]
     if not any((folder / name).is_file() for name in RNG_FILES):
         problems.append("no rng_state.pth")
-    weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
-    if weights is None:
-        problems.append("no weights (adapter_model.safetensors or model.safetensors)")
-    elif weights.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(weights), framework="pt") as f:
-                list(f.keys())
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            problems.append(f"{weights.name} is damaged ({type(e).__name__})")
+    problems += weights_problems(folder)
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
         path = folder / name
         if path.is_file():
@@ -100,18 +76,54 @@ def checkpoint_problems(folder: Path) -> list[str]:
     return problems
 
 
-def usable_checkpoint(run_dir: Path, warn) -> Path | None:
-    """The newest checkpoint that can resume exactly. Damaged newer ones are named and renamed
+def usable_checkpoint(run: RunDir, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint that can resume exactly. Damaged newer ones are named and moved
     to damaged-checkpoint-N (kept for inspection, out of the Trainer's way)."""
-    for folder in checkpoints(run_dir):
+    for folder in run.checkpoints():
         problems = checkpoint_problems(folder)
         if not problems:
             return folder
-        aside = folder.with_name(f"damaged-{folder.name}")
-        shutil.rmtree(aside, ignore_errors=True)
-        folder.rename(aside)
-        warn(f"{folder} cannot be resumed from ({'; '.join(problems)}); moved to {aside.name}, "
-             "trying an older one")
+        whole = "" if weights_problems(folder) else "; its weights are whole"
+        aside = run.set_aside(folder)
+        warn(f"{folder} cannot be resumed from ({'; '.join(problems)}{whole}); kept as "
+             f"{aside.name}, trying an older one")
+    return None
+
+
+def trained_weights(run: RunDir) -> Path | None:
+    """best/ or final/ when they hold weights trained past step 0 (step 0's weights are the
+    starting model: a restart makes them again), else None."""
+    if run.final.is_dir():
+        return run.final
+    if run.best.is_dir() and run.best_scores().get("step", 1) != 0:
+        return run.best
+    return None
+
+
+def resume_checkpoint(run: RunDir, warn: Callable[[str], None],
+                      say: Callable[[str], None]) -> Path | None:
+    """The checkpoint `--resume` continues from, or None after clearing the run to start it
+    again from step 0. Never removes what a message says is kept (damaged-checkpoint-N), and
+    never restarts over trained weights: then it stops and says how to continue from them."""
+    run.recover_best()
+    last = usable_checkpoint(run, warn)
+    if last is not None:
+        return last
+    kept = tuple(run.damaged_checkpoints())
+    weights = trained_weights(run)
+    if weights is not None:
+        scores = run.scores_of(weights)
+        scored = (f" (validation F1 {scores['eval_f1']:.4f} at step {scores.get('step')})"
+                  if isinstance(scores.get("eval_f1"), (int, float)) else "")
+        raise RunStateError(
+            f"{run.path}: no checkpoint can resume exactly, but {weights.name}/ holds trained "
+            f"weights{scored}; nothing was removed. To continue training from them, start a new "
+            f"run from this one: init_from={run.path} training.output_dir=NEW_FOLDER; to train "
+            "this run again from step 0: --overwrite (removes them)")
+    aside = f" ({', '.join(p.name for p in kept)} kept)" if kept else ""
+    say(f"{run.path}: the run stopped before a usable checkpoint was written; starting it again "
+        f"from step 0{aside}")
+    run.clear(keep=kept)
     return None
 
 
@@ -139,25 +151,3 @@ def check_resume_config(run: RunDir, config: Config) -> list[str]:
             f"differ from {run.config_yaml}; drop those overrides, or start a new run "
             "(another training.output_dir, or --overwrite)")
     return changed
-
-
-# What `nerft train` writes into a run directory; `--overwrite` removes these and nothing else,
-# so an output_dir pointed at a folder with other files never loses them.
-RUN_OUTPUTS = ("config.yaml", "run.json", "metrics.jsonl", "val_predictions.jsonl", "best", "final",
-               "summary.json", ".best.tmp", ".best.old", ".staging", "swanlog", "tensorboard",
-               "checkpoint-*", "damaged-checkpoint-*")
-
-
-def run_outputs(run: RunDir) -> list[Path]:
-    if not run.path.is_dir():
-        return []
-    return sorted({p for pattern in RUN_OUTPUTS for p in run.path.glob(pattern)})
-
-
-def clear_run(run: RunDir) -> None:
-    """Remove what a previous run wrote."""
-    for entry in run_outputs(run):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()

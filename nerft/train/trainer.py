@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from nerft.infer.predict import predict_rows
 from nerft.prompt import Task
 from nerft.train.collate import answer_only_loss
 from nerft.train import ranks
-from nerft.run_dir import RunDir, append_metrics, replace_folder, write_json_atomic
+from nerft.run_dir import RunDir
 
 
 @dataclass
@@ -62,7 +61,7 @@ class NerTrainer(Trainer):
                              "supported: launch one process per GPU with torchrun or accelerate, "
                              "or set CUDA_VISIBLE_DEVICES to one GPU")
         self.validation = validation
-        self.run_dir = Path(run_dir)
+        self.run = RunDir(Path(run_dir))
         self.patience = early_stopping_patience
         self.stopped_early_at: int | None = None
         # Our loss is already a sum over the accumulated batch divided by its supervised-token
@@ -99,8 +98,7 @@ class NerTrainer(Trainer):
             self._keep_best(metrics[f"{metric_key_prefix}_f1"], metrics)
             if self.args.process_index == 0:
                 for row in self.validation.last_predictions:  # readable without any tracker
-                    append_metrics(self.run_dir / "val_predictions.jsonl",
-                                   {"step": self.state.global_step, **row})
+                    self.run.append_val_prediction({"step": self.state.global_step, **row})
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -122,17 +120,12 @@ class NerTrainer(Trainer):
         # Every rank calls this (they share the scores): under ZeRO-3 / FSDP `save_model` gathers
         # the sharded weights collectively; rank 0 alone writes and swaps the folder.
         main = self.args.process_index == 0
-        run = RunDir(self.run_dir)
         if main:
-            shutil.rmtree(run.best_staging, ignore_errors=True)
+            shutil.rmtree(self.run.best_staging, ignore_errors=True)
         ranks.barrier()
-        self.save_model(str(run.best_staging))
-        if not main:
-            return
-        (run.best_staging / "training_args.bin").unlink(missing_ok=True)  # not part of an adapter
-        # scores.json last: a staging folder that has it is complete (see `recover_folder`).
-        write_json_atomic(run.best_staging / "scores.json", {"step": self.state.global_step, **metrics})
-        replace_folder(run.best, run.best_staging, run.best_old)
+        self.save_model(str(self.run.best_staging))
+        if main:
+            self.run.save_best({"step": self.state.global_step, **metrics})
 
     # A checkpoint is written into a staging folder and renamed into place, so `--resume` after
     # a kill never finds half a checkpoint.
@@ -140,7 +133,7 @@ class NerTrainer(Trainer):
         # Every rank takes part (each writes its rng_state_N.pth; ZeRO / FSDP save shards);
         # rank 0 alone prepares the staging folder, moves it into place and rotates.
         main = self.args.process_index == 0
-        self._staging = Path(self.args.output_dir) / ".staging"
+        self._staging = self.run.checkpoint_staging
         if main:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging.mkdir(parents=True)
@@ -148,25 +141,12 @@ class NerTrainer(Trainer):
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            staging, self._staging = self._staging, None
+            self._staging = None
         ranks.barrier()
-        if not main:
-            return
-        for folder in staging.iterdir():
-            target = Path(self.args.output_dir) / folder.name
-            if target.exists():  # set aside by a resume that went back past it (see resume.py)
-                shutil.rmtree(target)
-            os.replace(folder, target)
-        staging.rmdir()
-        self._rotate()
+        if main:
+            self.run.move_checkpoints_into_place()
+            self.run.rotate_checkpoints(self.args.save_total_limit)
 
     def _get_output_dir(self, trial):
         staging = getattr(self, "_staging", None)
         return str(staging) if staging is not None else super()._get_output_dir(trial)
-
-    def _rotate(self) -> None:
-        limit = self.args.save_total_limit
-        folders = sorted(Path(self.args.output_dir).glob("checkpoint-*"),
-                         key=lambda p: int(p.name.split("-")[-1]))
-        for old in folders[:-limit] if limit else []:
-            shutil.rmtree(old, ignore_errors=True)

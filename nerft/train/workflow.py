@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nerft.config import ADAPTER_KINDS, Config
-from nerft.data.example import Example, read_examples
+from nerft.data.example import Example
 from nerft.data.prepared import PreparedData
 from nerft.prompt import Task
 from nerft.train import continual
@@ -23,10 +22,9 @@ from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
 from nerft.train.collate import PackedCollator
 from nerft.train.encode import encode_examples
 from nerft.train.method import apply_method
-from nerft.run_dir import RunDir, RunDirError, init_run_dir, replace_folder, trim_metrics, write_json_atomic
+from nerft.run_dir import RunDir, RunDirError, init_run_dir
 from nerft.train import ranks
-from nerft.train.resume import (AlreadyFinished, RunStateError, check_resume_config, clear_run,
-                                run_lock, run_outputs, usable_checkpoint)
+from nerft.train.resume import AlreadyFinished, RunStateError, check_resume_config, resume_checkpoint
 from nerft.train.sampling import cap_empty_share
 from nerft.train.trainer import NerTrainer, Validation
 from nerft.errors import NerftError
@@ -53,11 +51,8 @@ class RunSummary:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
 
 
-def per_label_scores(scores_file: Path) -> dict[str, dict[str, float]]:
-    """{label: {"f1", "support"}} from a best/scores.json (eval_f1/LABEL, eval_support/LABEL)."""
-    if not scores_file.is_file():
-        return {}
-    scores = json.loads(scores_file.read_text(encoding="utf-8"))
+def per_label_scores(scores: dict) -> dict[str, dict[str, float]]:
+    """{label: {"f1", "support"}} from best/'s scores (eval_f1/LABEL, eval_support/LABEL)."""
     out: dict[str, dict[str, float]] = {}
     for key, value in scores.items():
         for kind in ("f1", "support"):
@@ -121,7 +116,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         raise TrainError("training.packing prefix_kv runs in one process only; with "
                          f"{ranks.world_size()} processes set training.packing=shared_prefix")
     if ranks.world_size() == 1:
-        with run_lock(run):
+        with run.writing():
             last, changes = _starting_point(run, config, resume=resume, overwrite=overwrite,
                                             console=console)
             return _train(config, run, last, changes, console)
@@ -131,7 +126,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         decision = None
         if ranks.is_main():
             try:
-                stack.enter_context(run_lock(run))
+                stack.enter_context(run.writing())
                 decision = _starting_point(run, config, resume=resume, overwrite=overwrite,
                                            console=console)
             except (TrainError, AlreadyFinished, RunStateError, RunDirError) as e:
@@ -149,101 +144,154 @@ def _starting_point(run: RunDir, config: Config, *, resume: bool, overwrite: boo
     def warn(message: str) -> None:
         console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
+    def say(message: str) -> None:
+        console.print(message, highlight=False, soft_wrap=True)
+
     if overwrite:
-        clear_run(run)
+        run.clear()
         return None, []
     if not resume:
-        if run_outputs(run):
+        if run.outputs():
             raise TrainError(f"{run.path} already holds a run; pass --resume to continue it, "
                              "--overwrite to start it afresh, or choose another training.output_dir")
         return None, []
-    if not run_outputs(run):
+    if not run.outputs():
         raise TrainError(f"{run.path}: no run to resume; start without --resume")
     if run.finished():
-        raise AlreadyFinished(f"{run.path} has already finished (summary.json); nothing to resume. "
-                              "--overwrite trains it again from step 0")
+        raise AlreadyFinished(f"{run.path} has already finished ({run.summary.name}); nothing to "
+                              "resume. --overwrite trains it again from step 0")
     changes = check_resume_config(run, config) if RunDir.is_run(run.path) else []
-    run.recover_best()
-    last = usable_checkpoint(run.path, warn)
-    if last is None:
-        console.print(f"{run.path}: the run stopped before a usable checkpoint was written; "
-                      "starting it again from step 0", highlight=False, soft_wrap=True)
-        clear_run(run)
-        return None, []
-    return last, changes
+    return resume_checkpoint(run, warn, say), changes
+
+
+@dataclass
+class TrainingRows:
+    train: list[Example]
+    val: list[Example]
+    val_from: Path | None  # the parent's val.jsonl when this data has no validation rows
+    sampled: object  # what data.max_empty_share kept (`cap_empty_share`)
+
+
+@dataclass
+class Schedule:
+    samples_per_step: int  # the effective batch: every process takes batch_size rows per micro-step
+    total_steps: int
+    lr: float
 
 
 def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[str],
            console: Console) -> RunSummary:
-    from transformers import TrainingArguments, set_seed
-
-    from nerft.model import load_model_and_tokenizer
-
-    t, run_dir = config.training, run.path
+    """The recipe, one named step per line; `last` is the checkpoint to resume from."""
     resume = last is not None
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
-    set_seed(t.seed)
+    _setup_process(config)
+    rows = _setup_data(config, console)
+    task, lineage = _setup_task(config, rows, console)
+    main = ranks.is_main()
+    if not main:
+        console = Console(stderr=True, quiet=True)  # one process speaks
+    # The model first: a mistyped source must not leave a run directory behind.
+    model, tokenizer = _load_model(config, lineage)
+    if main:
+        init_run_dir(config, run.path, resume=resume, labels=list(task.labels),
+                     resume_changes=resume_changes, lineage=lineage.info if lineage else None,
+                     training_rows=rows.sampled.to_dict())
+    model = _setup_method(config, model, lineage, console)
+    train_enc, val_subset, val_enc = _encode(config, tokenizer, task, rows, console)
+    schedule = _schedule(config, len(train_enc), resume, console)
+    trainer = _setup_trainer(config, run, model, tokenizer, task, (train_enc, val_subset, val_enc),
+                             schedule, lineage, resume, console)
+    if resume:
+        _rewind_records(run, last, console)
+    trainer.train(resume_from_checkpoint=last)
+    return _finish(trainer, run, lineage)
 
-    train_rows = list(read_examples(config.data.dir / "train.jsonl"))[:config.data.train_limit]
-    train_rows, sampled = cap_empty_share(train_rows, config.data.max_empty_share, t.seed)
+
+def _setup_process(config: Config) -> None:
+    from transformers import set_seed
+
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    set_seed(config.training.seed)
+
+
+def _setup_data(config: Config, console: Console) -> TrainingRows:
+    """The training rows (data.train_limit, then data.max_empty_share) and validation rows (a
+    child run without its own takes its parent's)."""
+    data = PreparedData(config.data.dir)
+    train_rows = list(data.rows("train"))[:config.data.train_limit]
+    train_rows, sampled = cap_empty_share(train_rows, config.data.max_empty_share, config.training.seed)
     if sampled.empty_kept < sampled.empty_before:
         console.print(sampled.describe(), highlight=False)
-    val_rows, val_path = list(read_examples(config.data.dir / "val.jsonl")), None
+    val_rows, val_path = list(data.rows("val")), None
     if not val_rows and config.init_from is not None:
         val_rows, val_path = continual.parent_validation_rows(config)
-        console.print(f"{config.data.dir / 'val.jsonl'} has no rows: validating on the parent's "
+        console.print(f"{data.split('val')} has no rows: validating on the parent's "
                       f"{len(val_rows):,} ({val_path})", highlight=False, soft_wrap=True)
     if not train_rows and sampled.empty_before:
-        raise TrainError(f"{config.data.dir / 'train.jsonl'}: no training row has an entity, and "
+        raise TrainError(f"{data.split('train')}: no training row has an entity, and "
                          f"data.max_empty_share={config.data.max_empty_share} keeps entity-free "
                          "rows only beside rows with one; annotate entities or set data.max_empty_share=null")
     if not train_rows or not val_rows:
         raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows (with "
                          "init_from, an empty val.jsonl means the parent's validation rows)")
-    labels = task_labels(config.data.dir, train_rows)
-    lineage = continual.start(config, train_rows, labels, console)  # None without init_from
+    return TrainingRows(train_rows, val_rows, val_path, sampled)
+
+
+def _setup_task(config: Config, rows: TrainingRows,
+                console: Console) -> tuple[Task, continual.Lineage | None]:
+    """The label set and answer format; with init_from, the parent's labels first and its
+    replayed rows added to `rows.train`."""
+    labels = task_labels(config.data.dir, rows.train)
+    lineage = continual.start(config, rows.train, labels, console)  # None without init_from
     if lineage is not None:
-        train_rows, labels = train_rows + lineage.replay, lineage.labels
-        if val_path is not None:
-            lineage.info["validation_rows_from"] = str(val_path.resolve())
+        rows.train, labels = rows.train + lineage.replay, lineage.labels
+        if rows.val_from is not None:
+            lineage.info["validation_rows_from"] = str(rows.val_from.resolve())
     try:
-        task = Task(labels, config.data.answer_format)
+        return Task(labels, config.data.answer_format), lineage
     except ValueError as e:
         raise TrainError(f"{config.data.dir}: {e}") from e
-    # The model first: a mistyped source must not leave a run directory behind.
-    main = ranks.is_main()
-    if not main:
-        console = Console(stderr=True, quiet=True)  # one process speaks
-    model, tokenizer = load_model_and_tokenizer(
+
+
+def _load_model(config: Config, lineage: continual.Lineage | None):
+    from nerft.model import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(
         lineage.source if lineage else config.model.source, dtype=config.model.dtype,
         trust_remote_code=config.model.trust_remote_code,
         tokenizer_folder=lineage.tokenizer_folder if lineage else None)
-    if main:
-        init_run_dir(config, run_dir, resume=resume, labels=list(task.labels),
-                     resume_changes=resume_changes, lineage=lineage.info if lineage else None,
-                     training_rows=sampled.to_dict())
+
+
+def _setup_method(config: Config, model, lineage: continual.Lineage | None, console: Console):
+    """The model made trainable as method.kind says (or from the parent's weights)."""
     model.set_attn_implementation(config.model.attn_implementation)
     model.config.use_cache = False  # training never reuses a cache; generation passes its own
     model, report = (continual.continue_model(lineage, model, config) if lineage
                      else apply_method(model, config.method))
     console.print(f"{config.method.kind}: {report}", highlight=False)
+    return model
 
-    train_enc, train_report = encode_examples(tokenizer, task, train_rows, config.data.max_length)
-    val_subset = validation_subset(val_rows, config.eval.val_size, t.seed)
+
+def _encode(config: Config, tokenizer, task: Task, rows: TrainingRows, console: Console):
+    """(encoded training rows, the fixed validation subset, that subset encoded)."""
+    train_enc, train_report = encode_examples(tokenizer, task, rows.train, config.data.max_length)
+    val_subset = validation_subset(rows.val, config.eval.val_size, config.training.seed)
     val_enc, _ = encode_examples(tokenizer, task, val_subset, config.data.max_length)
     console.print(f"encoded {train_report.kept:,} training rows "
                   f"({len(train_report.too_long):,} longer than {config.data.max_length} tokens dropped)",
                   highlight=False)
+    return train_enc, val_subset, val_enc
 
-    on_cuda = torch.cuda.is_available()
-    dtype = next(model.parameters()).dtype
-    # The effective batch: every process takes `batch_size` rows per micro-step.
+
+def _schedule(config: Config, train_rows: int, resume: bool, console: Console) -> Schedule:
+    """Optimizer steps and learning rate; a new run says what `lr: auto` chose and warns of a
+    high adapter lr over a long run (a resumed run said so when it started)."""
+    t = config.training
     samples_per_step = t.batch_size * t.grad_accum * ranks.world_size()
-    steps_per_epoch = math.ceil(len(train_enc) / samples_per_step)
+    steps_per_epoch = math.ceil(train_rows / samples_per_step)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     lr = resolve_lr(t.lr, total_steps)
-    if not resume:  # a resumed run said this when it started
+    if not resume:
         if t.lr == "auto":
             console.print(f"training.lr auto: {lr:g} for {total_steps} optimizer steps "
                           f"({AUTO_LR_SHORT_RUN:g} up to {LONG_RUN_STEPS}, {AUTO_LR_LONG_RUN:g} beyond)",
@@ -251,20 +299,55 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         lr_warning = long_run_lr_warning(config.method.kind, lr, total_steps)
         if lr_warning:
             console.print(f"[yellow]warning:[/] {escape(lr_warning)}", highlight=False, soft_wrap=True)
+    return Schedule(samples_per_step, total_steps, lr)
+
+
+def _setup_trainer(config: Config, run: RunDir, model, tokenizer, task: Task, encoded,
+                   schedule: Schedule, lineage, resume: bool, console: Console) -> NerTrainer:
+    """The Trainer with our collator, validation and callbacks (its own printers removed)."""
+    train_enc, val_subset, val_enc = encoded
     # A child run (init_from) always scores its starting point, the parent: when training on the
     # new rows only hurts the parent's job, best/ then keeps the parent's weights.
     score_start = (config.eval.at_start or lineage is not None) and not resume
     if lineage is not None and not config.eval.at_start and not resume:
         console.print("init_from: the parent's model is scored at step 0 (eval.at_start), so "
                       "best/ keeps it if training does not beat it", highlight=False)
-    args = TrainingArguments(
-        output_dir=str(run_dir),
+    dtype = next(model.parameters()).dtype
+    args = _training_args(config, run, schedule, score_start, dtype)
+    mask_dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+    collator = PackedCollator(config.training.packing, pad_id=tokenizer.pad_token_id or 0,
+                              mask_dtype=mask_dtype)
+    validation = Validation(task, tokenizer, val_subset, batch_size=config.eval.batch_size,
+                            log_predictions=config.eval.log_predictions,
+                            constrained=config.eval.constrained)
+    try:
+        trainer = NerTrainer(
+            model=model, args=args, train_dataset=train_enc, eval_dataset=val_enc,
+            data_collator=collator, callbacks=_callbacks(config, run, schedule, validation, console),
+            validation=validation, run_dir=run.path,
+            early_stopping_patience=config.eval.early_stopping_patience)
+    except ValueError as e:
+        raise TrainError(str(e)) from e
+    # The Trainer's own progress printer duplicates ours.
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def _training_args(config: Config, run: RunDir, schedule: Schedule, score_start: bool, dtype):
+    from transformers import TrainingArguments
+
+    t = config.training
+    on_cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(run.path),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=config.eval.batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        learning_rate=lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        learning_rate=schedule.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         num_train_epochs=t.epochs, max_steps=t.max_steps,
-        lr_scheduler_type=t.scheduler, warmup_steps=round(t.warmup_ratio * total_steps),
+        lr_scheduler_type=t.scheduler, warmup_steps=round(t.warmup_ratio * schedule.total_steps),
         logging_steps=t.logging_steps,
         eval_strategy="steps", eval_steps=config.eval.eval_steps, eval_on_start=score_start,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
@@ -277,20 +360,21 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
         ddp_backend="gloo" if ranks.world_size() > 1 and not on_cuda else None,
     )
-    mask_dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
-    collator = PackedCollator(t.packing, pad_id=tokenizer.pad_token_id or 0, mask_dtype=mask_dtype)
-    validation = Validation(task, tokenizer, val_subset, batch_size=config.eval.batch_size,
-                            log_predictions=config.eval.log_predictions,
-                            constrained=config.eval.constrained)
-    callbacks = [MetricsFile(run_dir / "metrics.jsonl", samples_per_step), RichProgress(samples_per_step, console)]
-    if not main:
-        callbacks = []  # rank 0 alone records metrics and trackers
-    if config.tracking.swanlab != "off" and main:
+
+
+def _callbacks(config: Config, run: RunDir, schedule: Schedule, validation: Validation,
+               console: Console) -> list:
+    """metrics.jsonl, the progress line and the trackers asked for; rank 0 alone records."""
+    if not ranks.is_main():
+        return []
+    callbacks = [MetricsFile(run, schedule.samples_per_step),
+                 RichProgress(schedule.samples_per_step, console)]
+    if config.tracking.swanlab != "off":
         callbacks.append(SwanLabTracker(
             config.tracking.swanlab, config.tracking.project,
-            config.tracking.experiment or run_dir.name, config.model_dump(mode="json"),
-            run_dir / "swanlog", validation))
-    if config.tracking.tensorboard and main:
+            config.tracking.experiment or run.path.name, config.model_dump(mode="json"),
+            run.swanlog, validation))
+    if config.tracking.tensorboard:
         from transformers.integrations import TensorBoardCallback
         from transformers.integrations.integration_utils import is_tensorboard_available
 
@@ -301,43 +385,34 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
 
         # Our own writer: the callback would otherwise read its folder from an environment
         # variable, a process-wide setting.
-        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard))))
+    return callbacks
 
-    try:
-        trainer = NerTrainer(
-            model=model, args=args, train_dataset=train_enc, eval_dataset=val_enc,
-            data_collator=collator, callbacks=callbacks, validation=validation, run_dir=run_dir,
-            early_stopping_patience=config.eval.early_stopping_patience)
-    except ValueError as e:
-        raise TrainError(str(e)) from e
-    # The Trainer's own progress printer duplicates ours.
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    if resume:
-        step = int(Path(last).name.split("-")[-1])
-        if main:
-            trim_metrics(run.metrics, step)
-            trim_metrics(run.val_predictions, step)
-        console.print(f"resuming from {last}", highlight=False, soft_wrap=True)
-    trainer.train(resume_from_checkpoint=last if resume else None)
 
+def _rewind_records(run: RunDir, last: Path, console: Console) -> None:
+    """Drop what the interrupted run logged after the checkpoint it resumes from."""
+    if ranks.is_main():
+        run.trim_metrics(RunDir.checkpoint_step(last))
+    console.print(f"resuming from {last}", highlight=False, soft_wrap=True)
+
+
+def _finish(trainer: NerTrainer, run: RunDir, lineage) -> RunSummary:
+    """final/ and summary.json (written last: the run has finished)."""
+    main = ranks.is_main()
     state = trainer.state
     evals = [h for h in state.log_history if "eval_f1" in h]
     summary = RunSummary(
-        run_dir=run_dir, steps=state.global_step, best_step=state.best_global_step,
+        run_dir=run.path, steps=state.global_step, best_step=state.best_global_step,
         best_f1=state.best_metric, initial_f1=evals[0]["eval_f1"] if evals and evals[0]["step"] == 0 else None,
         stopped_early=trainer.stopped_early_at is not None,
         new_labels=lineage.new_labels if lineage else (), continued=lineage is not None)
-    staging = run_dir / ".final.tmp"
     if main:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(run.final_staging, ignore_errors=True)
     ranks.barrier()
-    trainer.save_model(str(staging))  # every rank: ZeRO-3 / FSDP gather the weights; rank 0 writes
+    trainer.save_model(str(run.final_staging))  # every rank: ZeRO-3 / FSDP gather the weights; rank 0 writes
     if main:
-        (staging / "training_args.bin").unlink(missing_ok=True)  # not part of an adapter
-        replace_folder(run.final, staging, run_dir / ".final.old")
-        summary.best_per_label = per_label_scores(run.best / "scores.json")
-        write_json_atomic(run_dir / "summary.json", summary.to_dict())
+        run.save_final()
+        summary.best_per_label = per_label_scores(run.best_scores())
+        run.write_summary(summary.to_dict())
     ranks.barrier()  # no rank returns before the run directory is complete
     return summary

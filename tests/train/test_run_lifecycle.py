@@ -1,13 +1,15 @@
 """Every interruption has a way on, typed as a user would: finished, damaged, never
 checkpointed, changed settings, two trainers at once."""
 
-import fcntl
 import json
 import shutil
 import subprocess
 import sys
 
-from nerft.run_dir import RunDir, replace_folder
+from filelock import FileLock
+
+from nerft.atomic import replace_folder
+from nerft.run_dir import RunDir
 from nerft.train.resume import checkpoint_problems
 
 
@@ -66,25 +68,35 @@ def test_resume_finished_damaged_changed_and_never_checkpointed(tmp_path, tiny_m
     assert info["resume_overrides"] == [{"eval.batch_size": 1}]
     assert "batch_size: 2" in (run / "config.yaml").read_text().split("eval:")[1]  # as started
 
-    # Killed before any checkpoint: a plain start is refused with the ways on...
+    # No checkpoint left, but trained weights in best/ and final/: a plain start is refused
+    # with the ways on, and --resume removes nothing and says how to continue from them.
     for folder in run.glob("checkpoint-*"):
         shutil.rmtree(folder)
     (run / "summary.json").unlink()
     rc, out = nerft("train", cfg)
     assert rc == 2 and "--resume" in out and "--overwrite" in out
-    # ...and --resume starts again from step 0.
+    rc, out = nerft("train", cfg, "--resume")
+    assert rc == 2 and "init_from=" in out and "nothing was removed" in out, out[-2000:]
+    assert (run / "best").is_dir() and (run / "final").is_dir()
+    assert (run / "damaged-checkpoint-4").is_dir()
+
+    # Killed before any checkpoint and any evaluation: --resume starts again from step 0,
+    # keeping the damaged checkpoint its earlier message said was kept.
+    shutil.rmtree(run / "best")
+    shutil.rmtree(run / "final")
     rc, out = nerft("train", cfg, "--resume")
     assert rc == 0 and "from step 0" in out, out[-2000:]
+    assert "damaged-checkpoint-4 kept" in out
     assert train_steps(run) == [1, 2, 3, 4]
     assert (run / "final" / "adapter_config.json").is_file()
+    assert (run / "damaged-checkpoint-4" / "adapter_model.safetensors").is_file()
 
 
 def test_two_trainers_never_write_one_run(tmp_path, tiny_model_dir, prepared):
     run = tmp_path / "run"
     cfg = write_config(tmp_path, tiny_model_dir, prepared, run)
     run.mkdir()
-    with open(run / ".lock", "a+") as held:  # as a running `nerft train` holds it
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with FileLock(str(RunDir(run).lock), timeout=0):  # as a running `nerft train` holds it
         rc, out = nerft("train", cfg, "--overwrite")
     assert rc == 2 and "another `nerft train`" in out
     assert not (run / "metrics.jsonl").exists()
@@ -119,4 +131,4 @@ def test_a_kill_between_the_renames_of_best_loses_nothing(tmp_path):
     (run.best_staging / "scores.json").write_text('{"step": 30}')
     replace_folder(run.best, run.best_staging, run.best_old)
     assert json.loads((run.best / "scores.json").read_text())["step"] == 30
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "config.yaml", "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "best", "config.yaml", "run.json"]
