@@ -21,7 +21,7 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
-# One demo everywhere: the MSRA slice and recipe (configs/demo-cpu.yaml) that `nerft demo` fetches
+# One demo everywhere: the MSRA slice and recipe (nerft/recipes/demo-cpu.yaml) that `nerft demo` fetches
 # and uses by itself, whatever corpora this machine has. Extra options go through DEMO_ARGS,
 # e.g. make demo DEMO_ARGS="--data my_corpus.jsonl".
 demo: setup

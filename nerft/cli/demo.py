@@ -18,7 +18,8 @@ def demo(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Where data, run and report go (default: runs/demo-DATE-TIME)."),
     config: Optional[Path] = typer.Option(
-        None, "--config", help="Training recipe (default: the repository's configs/demo-cpu.yaml)."),
+        None, "--config", help="Training recipe (default: the demo's own, shipped with nerft; "
+        "configs/demo-cpu.yaml in a clone is the same file)."),
     train_rows: Optional[int] = typer.Option(
         None, "--train-rows", min=1, help="Override the recipe's data.train_limit."),
     test_rows: Optional[int] = typer.Option(
@@ -33,24 +34,17 @@ def demo(
       nerft demo
       nerft demo --data ../shared/data/ccfbdci/ccfbdci.jsonl --train-rows 160
     """
-    from nerft.cache import FetchError
-    from nerft.config import ConfigError
-    from nerft.data.readers import DataError
     from nerft.demo import DEMO_CONFIG, run_demo
-    from nerft.train.workflow import TrainError
 
     out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     if (out / "run").exists():
         fail(f"{out} already holds a demo run; remove it or pass --out")
-    config = config or DEMO_CONFIG
-    if not config.is_file():
-        fail(f"{config}: demo recipe not found; run nerft demo from a clone of the repository or "
-             "pass --config")
-    try:
-        result = run_demo(out, data=data, config_path=config, train_rows=train_rows,
-                          test_rows=test_rows, epochs=epochs)
-    except (FetchError, DataError, TrainError, ConfigError) as e:
-        fail(str(e))
+    if config is not None and not config.is_file():  # before minutes of fetching
+        fail(f"--config {config}: no such file; pass a recipe file, or leave --config out "
+             "for the demo's own")
+    # Errors (fetch, data, config, training) are NerftErrors: `nerft.cli` reports them.
+    result = run_demo(out, data=data, config_path=config or DEMO_CONFIG, train_rows=train_rows,
+                      test_rows=test_rows, epochs=epochs)
     console = Console()
     console.print(f"[bold]strict micro F1 on {result['test_sentences']} test sentences "
                   f"({result['test_entities']} entities): untrained {result['f1_before']:.4f} → "
