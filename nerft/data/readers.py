@@ -120,7 +120,10 @@ def read_file(path: Path, fmt: str | None = None) -> tuple[str, Iterator[Row]]:
         raise DataError(f"{path}: is a folder; pass the corpus files inside it{hint}")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    open_bytes(path).close()  # an archive is refused before any work
+    try:
+        open_bytes(path).close()  # an archive is refused before any work
+    except OSError as e:  # e.g. no permission to read it
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
     fmt = fmt or detect_format(path)
     if fmt not in READERS:
         raise DataError(f"{path}: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -7,6 +7,8 @@ import random
 import re
 from pathlib import Path
 
+from nerft.errors import UsageError
+
 SPLITS = ("train", "val", "test")
 _NAME_HINTS = (("train", "train"), ("dev", "val"), ("valid", "val"), ("val", "val"), ("test", "test"))
 
@@ -25,11 +27,11 @@ def parse_ratios(spec: str) -> tuple[float, float, float]:
     try:
         ratios = tuple(float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--split {spec!r}: expected three numbers like 0.7,0.15,0.15") from None
+        raise UsageError(f"--split {spec!r}: expected three numbers like 0.7,0.15,0.15") from None
     # NaN compares false with everything, so it must be ruled out before the range checks.
     if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) \
             or abs(sum(ratios) - 1) > 1e-6:
-        raise ValueError(f"--split {spec!r}: expected three non-negative numbers summing to 1")
+        raise UsageError(f"--split {spec!r}: expected three non-negative numbers summing to 1")
     return ratios  # type: ignore[return-value]
 
 

@@ -9,4 +9,11 @@ from nerft.errors import NerftError
 
 
 class ExportError(NerftError):
-    """An export that cannot be made or failed its own check: one line saying what to do."""
+    """An export that cannot be made: one line saying what to do."""
+
+
+class ExportCheckFailed(ExportError):
+    """The export was made but does not behave as the run does: the export is wrong, not the
+    input (exit code 1)."""
+
+    exit_code = 1

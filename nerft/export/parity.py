@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nerft.export import ExportError
+from nerft.export import ExportCheckFailed
 from nerft.infer.generate import AnswerGenerator
 from nerft.prompt import Task
 from nerft.chat import render_prompt
@@ -80,9 +80,9 @@ def check_parity(reference, model, tokenizer, task: Task, texts: list[str], dtyp
     same = sum(a == b for a, b in zip(ref_answers, answers))
     report = ParityReport(len(texts), diff, allowed, dtype, same)
     if diff > allowed:
-        raise ExportError(f"export check failed: {report.line()}")
+        raise ExportCheckFailed(f"export check failed: {report.line()}")
     if same != len(texts):
         first = next(i for i, (a, b) in enumerate(zip(ref_answers, answers)) if a != b)
-        raise ExportError(f"export check failed: {report.line()}; first difference on "
+        raise ExportCheckFailed(f"export check failed: {report.line()}; first difference on "
                           f"{texts[first]!r}: run {ref_answers[first]!r}, export {answers[first]!r}")
     return report

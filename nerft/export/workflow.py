@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from nerft.cache import sha256_file
-from nerft.export import ExportError
+from nerft.export import ExportCheckFailed, ExportError
 from nerft.export.card import write_card
 from nerft.export.parity import PROBE_SENTENCES, ParityReport, check_parity, reference_outputs
 from nerft.export.run_source import RunSource, read_run
@@ -194,5 +194,5 @@ def _check_tokenizer(original, reloaded, texts: list[str], task: Task) -> None:
         a = original(render_prompt(original, task, text), add_special_tokens=False)["input_ids"]
         b = reloaded(render_prompt(reloaded, task, text), add_special_tokens=False)["input_ids"]
         if a != b:
-            raise ExportError(f"export check failed: the saved tokenizer or chat template encodes "
+            raise ExportCheckFailed(f"export check failed: the saved tokenizer or chat template encodes "
                               f"{text!r} differently from the run's")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nerft.config import ANSWER_FORMATS
+from nerft.export_dir import ExportDir, ExportDirError
 from nerft.data.example import Span
 from nerft.data.labels import PRESETS
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
@@ -71,20 +72,21 @@ def load_for_inference(path_or_source: str, labels: tuple[str, ...] | list[str] 
 
 
 def _export_record(folder: Path) -> tuple[tuple[str, ...] | None, str]:
-    """The labels and answer format a merged `nerft export` folder records in nerft.json, if it
-    is one (exports from before the answer format was recorded wrote JSON lines)."""
-    record = folder / "nerft.json"
-    if not record.is_file():
+    """The labels and answer format a merged `nerft export` folder records, if it is one
+    (exports whose record names no answer format wrote JSON lines)."""
+    if not ExportDir.holds_export(folder):
         return None, "json"
     try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-        labels, answer_format = data.get("labels"), data.get("answer_format", "json")
-    except (OSError, ValueError, AttributeError) as e:
-        raise InferenceError(f"{record}: cannot read its labels ({e})") from e
+        data = ExportDir(folder).read_task()
+    except ExportDirError as e:
+        raise InferenceError(str(e)) from e
+    labels, answer_format = data.get("labels"), data.get("answer_format")
+    answer_format = answer_format if isinstance(answer_format, str) else "json"
+    where = ExportDir(folder).task_file
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise InferenceError(f"{record}: field labels must be a list of names")
+        raise InferenceError(f"{where}: field labels must be a list of names")
     if answer_format not in ANSWER_FORMATS:
-        raise InferenceError(f"{record}: field answer_format must be one of {', '.join(ANSWER_FORMATS)}")
+        raise InferenceError(f"{where}: field answer_format must be one of {', '.join(ANSWER_FORMATS)}")
     return tuple(labels), answer_format
 
 

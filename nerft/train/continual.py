@@ -19,10 +19,11 @@ from pathlib import Path
 
 from nerft.config import ADAPTER_KINDS, Config
 from nerft.data.example import Example, read_examples
+from nerft.errors import NerftError
 from nerft.run_dir import RunDir, RunDirError
 
 
-class ContinueError(Exception):
+class ContinueError(NerftError):
     """An init_from that cannot work as asked: one line (exit code 2)."""
 
 

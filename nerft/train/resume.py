@@ -33,8 +33,10 @@ class RunStateError(NerftError):
     """The run directory is not in a state the command can work from; says what to do."""
 
 
-class AlreadyFinished(Exception):
-    """`--resume` on a run that has finished: nothing to do."""
+class AlreadyFinished(NerftError):
+    """`--resume` on a run that has finished: nothing to do (printed as a notice, exit 0)."""
+
+    exit_code = 0
 
 
 def weights_problems(folder: Path) -> list[str]:

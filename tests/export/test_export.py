@@ -123,3 +123,53 @@ def test_full_fine_tuning_run_exports_as_a_model_folder(cli, tiny_lora_run, tiny
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     name = "model.layers.1.mlp.up_proj.weight"
     assert torch.equal(reloaded.state_dict()[name], model.state_dict()[name])
+
+
+@pytest.fixture
+def run_copy(tiny_lora_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_lora_run, run)
+    return run
+
+
+def test_a_merged_export_carries_one_task_record(merged):
+    from nerft.export_dir import ExportDir
+
+    out, _ = merged
+    # One file says what the model does: predict, eval and serve all read task.json.
+    assert not (out / "nerft.json").exists()
+    record = ExportDir(out).read_task()
+    assert record["labels"] == ["地点", "人名", "地理实体", "组织"]
+    assert "task.json" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_link_out_of_the_run_is_refused_not_followed(cli, run_copy, tmp_path):
+    """Issue 28 item 16: a symbolic link in the run's weights would have been copied as the
+    file it points to (anywhere on the machine) into a folder made readable by all."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private", encoding="utf-8")
+    (run_copy / "best" / "notes.txt").symlink_to(secret)
+    out = tmp_path / "export"
+    result = cli([run_copy, "--out", out])
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert f"{run_copy / 'best' / 'notes.txt'} is a symbolic link" in line and "Traceback" not in line
+    assert not out.exists() and not list(tmp_path.glob(".export*"))
+    assert secret.read_text(encoding="utf-8") == "private"
+
+
+def test_a_score_without_a_number_fails_before_the_merge(cli, run_copy, tmp_path):
+    """Issue 28 item 12: `precision: null` in the run's test scores used to fail with a
+    traceback while writing the card, after the whole merge and check."""
+    (run_copy / "eval-test").mkdir()
+    (run_copy / "eval-test" / "metrics.json").write_text(json.dumps(
+        {"sentences": 3, "scores": {"strict": {"micro": {"f1": 0.5, "precision": None, "recall": 0.5}}}}),
+        encoding="utf-8")
+    result = cli([run_copy, "--out", tmp_path / "export", "--merge"])
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert "precision None, not a number" in line and f"nerft eval {run_copy} --data DIR" in line
+    assert "reference answers" not in line  # refused before any model was loaded
+    assert not (tmp_path / "export").exists()
