@@ -106,7 +106,10 @@ def parse_label_map(spec: str | None) -> dict[str, str]:
     if path.suffix in (".json", ".yaml", ".yml"):
         if not path.is_file():
             raise LabelMapError(f"{path}: label map file not found")
-        text = path.read_text(encoding="utf-8-sig")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise LabelMapError(f"{path}: cannot read the label map: {e}") from None
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as e:

@@ -301,6 +301,9 @@ def write_prepared(prep: Prepared, out: Path, *, ratios, seed) -> dict:
         "splits": {name: split_stats(exs, prep.labels) for name, exs in prep.splits.items()},
     }
 
-    PreparedData.write(out, {name: (ex.to_dict() for ex in exs) for name, exs in prep.splits.items()},
-                       (r.to_dict() for r in prep.rejections), stats)
+    try:
+        PreparedData.write(out, {name: (ex.to_dict() for ex in exs) for name, exs in prep.splits.items()},
+                           (r.to_dict() for r in prep.rejections), stats)
+    except OSError as e:  # no permission, disk full: the user's to fix
+        raise DataError(f"--out {out}: cannot write: {e}") from None
     return stats

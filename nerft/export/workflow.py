@@ -1,26 +1,25 @@
-"""`nerft export`: the adapter (or a merged transformers folder) with task.json and a model card.
+"""`nerft export`: the adapter (or a merged transformers folder) with its task record and a
+model card, in an `ExportDir`.
 
-The export is written into a temporary folder beside `out` and renamed into place only after
-its own check passed, so a failed export never leaves a folder that looks usable.
+The export is built in a folder beside `out` and renamed into place only after its own check
+passed, so a failed export never leaves a folder that looks usable.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from nerft.cache import sha256_file
 from nerft.export import ExportCheckFailed, ExportError
-from nerft.export.card import write_card
+from nerft.export.card import card_text, check_scores
 from nerft.export.parity import PROBE_SENTENCES, ParityReport, check_parity, reference_outputs
 from nerft.export.run_source import RunSource, read_run
-from nerft.export.task_file import stop_token_ids, task_record, write_task
+from nerft.export.task_file import stop_token_ids, task_record
+from nerft.export_dir import ExportDir, ExportDirError
 from nerft.prompt import Task
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -47,37 +46,19 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
         raise ExportError(f"{src.run}/config.yaml: data.answer_format is {src.answer_format!r}; "
                           "nerft export writes the json answer format only (predict, eval and "
                           "serve use the run folder directly)")
+    check_scores(src)  # a bad score file fails now, not after the merge
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} already exists and is not empty; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if merge or not src.is_adapter:
-            result = _export_merged(src, tmp, out.name, dtype, probes, gguf, log)
-        else:
-            result = _export_adapter(src, tmp, out.name, log)
-        if out.exists():
-            out.rmdir()
-        _make_readable(tmp)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with ExportDir.create(out) as folder:
+            if merge or not src.is_adapter:
+                result = _export_merged(src, folder, out.name, dtype, probes, gguf, log)
+            else:
+                result = _export_adapter(src, folder, out.name, log)
+    except ExportDirError as e:
+        raise ExportError(str(e)) from None
     result.out = out
-    result.files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    result.files = ExportDir(out).files()
     return result
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp (and some writers) create private files; an export is for sharing."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _load_run_model(src: RunSource):
@@ -107,8 +88,8 @@ def _probe_texts(src: RunSource, probes: int) -> list[str]:
     return (src.validation_texts(probes) or list(PROBE_SENTENCES))[:max(1, probes)]
 
 
-def _export_adapter(src: RunSource, out: Path, name: str, log) -> ExportResult:
-    """The adapter files as trained (byte for byte), with task.json and the model card."""
+def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportResult:
+    """The adapter files as trained (byte for byte), with the task record and the model card."""
     from nerft.model import resolve_model
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -118,19 +99,15 @@ def _export_adapter(src: RunSource, out: Path, name: str, log) -> ExportResult:
         generation = GenerationConfig.from_pretrained(folder)
     except OSError:
         generation = None
-    adapter = out / "adapter"
-    shutil.copytree(src.weights, adapter, ignore=shutil.ignore_patterns("scores.json", "*.tmp"))
-    for name in sorted(p.name for p in src.weights.iterdir() if p.is_file() and p.name != "scores.json"):
-        if sha256_file(src.weights / name) != sha256_file(adapter / name):
-            raise ExportError(f"{adapter / name}: copy differs from {src.weights / name}")
+    out.copy_adapter(src.weights, skip=("scores.json",))  # validation scores: in the card
     task = Task(src.labels)
-    write_task(out, task_record(task, tokenizer, generation, base_model=src.base))
-    write_card(out, src, kind="adapter", task=task, parity=None, name=name)
-    log(f"adapter from {src.weights} with task.json and README.md")
-    return ExportResult(out, "adapter")
+    out.write_task(task_record(task, tokenizer, generation, base_model=src.base))
+    out.write_card(card_text(src, kind="adapter", task=task, parity=None, name=name))
+    log(f"adapter from {src.weights} with {out.task_file.name} and {out.card.name}")
+    return ExportResult(out.path, "adapter")
 
 
-def _export_merged(src: RunSource, out: Path, name: str, dtype: str, probes: int,
+def _export_merged(src: RunSource, out: ExportDir, name: str, dtype: str, probes: int,
                    gguf: str | None, log) -> ExportResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -147,16 +124,14 @@ def _export_merged(src: RunSource, out: Path, name: str, dtype: str, probes: int
         bos_token_id=model.generation_config.bos_token_id, eos_token_id=stops,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1],
         do_sample=False)
-    model.to(getattr(torch, saved_dtype)).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    write_task(out, task_record(task, tokenizer, model.generation_config, base_model=src.base))
+    model.to(getattr(torch, saved_dtype)).save_pretrained(out.path)
+    tokenizer.save_pretrained(out.path)
     # `nerft predict/eval/serve OUT` read the label set and the answer format from here.
-    record = {"labels": list(task.labels), "answer_format": task.answer_format}
-    (out / "nerft.json").write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.write_task(task_record(task, tokenizer, model.generation_config, base_model=src.base))
     del model
     log(f"reloading {name} with AutoModelForCausalLM.from_pretrained alone")
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    reloaded_tok = AutoTokenizer.from_pretrained(out)
+    reloaded = AutoModelForCausalLM.from_pretrained(out.path, dtype=torch.float32).eval()
+    reloaded_tok = AutoTokenizer.from_pretrained(out.path)
     _check_tokenizer(tokenizer, reloaded_tok, texts, task)
     report = check_parity(reference, reloaded, reloaded_tok, task, texts, saved_dtype)
     log(f"check passed: {report.line()}")
@@ -172,8 +147,9 @@ def _export_merged(src: RunSource, out: Path, name: str, dtype: str, probes: int
         _check_tokenizer(tokenizer, gguf_tok, texts, task)
         gguf_report = check_parity(reference, gguf_model, gguf_tok, task, texts, gguf)
         log(f"GGUF check passed: {gguf_report.line()}")
-    write_card(out, src, kind="merged", task=task, parity=report, gguf_parity=gguf_report, name=name)
-    return ExportResult(out, "merged", report, gguf_report)
+    out.write_card(card_text(src, kind="merged", task=task, parity=report, gguf_parity=gguf_report,
+                             name=name))
+    return ExportResult(out.path, "merged", report, gguf_report)
 
 
 def _saved_dtype(src: RunSource, dtype: str) -> str:
