@@ -41,6 +41,16 @@ def serve(
         "append the corrections here, as rows `nerft data prepare` reads."),
     log_max_mb: float = typer.Option(100, "--log-max-mb", min=0.001, help="Cap of each log file; "
                                      "at the cap logging stops (said once), serving goes on."),
+    feedback_key: Optional[str] = typer.Option(
+        None, "--feedback-key", envvar="NERFT_FEEDBACK_KEY", help="Require this key (or one of "
+        "several, comma-separated: one per writer) on POST /v1/feedback; the API key alone then "
+        "cannot write corrections."),
+    max_request_chars: int = typer.Option(16_000, "--max-request-chars", min=1,
+                                          help="Characters in one request, all texts together "
+                                               "(413 beyond): the compute budget of a request."),
+    request_timeout: float = typer.Option(120, "--request-timeout", min=0.1, help="Seconds a "
+                                          "request may wait for its answers (504 beyond; its "
+                                          "work is cancelled)."),
 ):
     """Serve a model: POST /v1/ner, POST /v1/chat/completions, GET / (web page), /metrics, /docs.
 
@@ -75,6 +85,7 @@ def serve(
     from nerft.model import ModelSourceError
     from nerft.serve.app import ServeSettings, create_app
     from nerft.serve.engine import load_served, sentence_decoder
+    from nerft.serve.guard import LOOPBACK_NAMES
 
     hf_logging.disable_progress_bar()
     if threads:
@@ -90,8 +101,15 @@ def serve(
     settings = ServeSettings(model_name=name, max_text_chars=max_text_chars, max_texts=max_texts,
                              max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
                              batching=batching, api_key=api_key or None, log_requests=log_requests,
-                             feedback=feedback, log_max_bytes=int(log_max_mb * 2**20))
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+                             feedback=feedback, log_max_bytes=int(log_max_mb * 2**20),
+                             max_request_chars=max_request_chars, request_timeout=request_timeout,
+                             feedback_keys=tuple(k.strip() for k in (feedback_key or "").split(",")
+                                                 if k.strip()))
+    if host in LOOPBACK_NAMES and not api_key:
+        # Only this machine can connect, but a web page from elsewhere can rebind its name to
+        # 127.0.0.1: answer only to the loopback names.
+        settings.allowed_hosts = LOOPBACK_NAMES
+    if host not in LOOPBACK_NAMES and not api_key:
         from rich.console import Console
 
         Console(stderr=True).print(f"[yellow]warning:[/] serving on {escape(host)} without "

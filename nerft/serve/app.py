@@ -7,8 +7,6 @@ Offsets in every answer are Unicode code points, end exclusive: `text[start:end]
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
 import math
 import time
 from contextlib import asynccontextmanager
@@ -23,13 +21,15 @@ from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
 
 from nerft.prompt import Task
 from nerft.serve.batcher import Batcher, Draining, QueueFull
-from nerft.serve.feedback import Feedback, FeedbackRequest
+from nerft.serve.feedback import Feedback, FeedbackRequest, encoding_problem, key_fingerprint
+from nerft.serve.guard import DISCONNECTED, BodyCap, given_key, host_name, key_matches
 from nerft.serve.metrics import ServiceMetrics
 
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/task", "/v1/ner", "/v1/feedback",
           "/v1/chat/completions", "/docs", "/openapi.json")
-ERROR_KINDS = {401: "unauthorized", 404: "not_found", 413: "too_large", 422: "invalid",
-               503: "unavailable"}
+ERROR_KINDS = {401: "unauthorized", 403: "forbidden_host", 404: "not_found", 409: "conflict",
+               413: "too_large", 422: "invalid", 499: "client_gone", 503: "unavailable",
+               504: "timeout"}
 
 
 @dataclass
@@ -45,6 +45,11 @@ class ServeSettings:
     log_requests: Path | None = None  # opt-in: requests and answers, JSONL
     feedback: Path | None = None  # opt-in: corrections from POST /v1/feedback, canonical JSONL
     log_max_bytes: int = 100 * 2**20  # cap of each of the two files
+    max_request_chars: int = 16_000  # compute budget: characters in one request, all texts
+    request_timeout: float = 120.0  # seconds a request may wait for its answers (504 beyond)
+    feedback_keys: tuple[str, ...] = ()  # when set, POST /v1/feedback needs one of them
+    max_entities: int = 256  # entities in one correction
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: any
 
     @property
     def max_body_bytes(self) -> int:
@@ -78,7 +83,9 @@ class Service:
         self.decode, self.task, self.settings = decode, task, settings
         self.metrics = ServiceMetrics()
         self.feedback = Feedback(settings.model_name, task.labels, settings.log_requests,
-                                 settings.feedback, settings.log_max_bytes)
+                                 settings.feedback, settings.log_max_bytes,
+                                 max_text_chars=settings.max_text_chars,
+                                 max_entities=settings.max_entities)
         self.batcher: Batcher | None = None
         self.started = int(time.time())
         self._batch_seconds = 0.5  # running mean of decode call time, for Retry-After
@@ -96,7 +103,8 @@ class Service:
         self.batcher = Batcher(self.decode, max_batch=s.max_batch, max_wait=s.max_wait,
                                max_queue=s.max_queue, batching=s.batching, stats=stats)
 
-    def check_limits(self, texts: list[str]) -> None:
+    def check_limits(self, texts: list[str], fields: list[str]) -> None:
+        """413 past a limit, 422 for text that cannot be encoded; `fields` name the texts."""
         s = self.settings
         if len(texts) > s.max_texts:
             raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {s.max_texts}")
@@ -104,10 +112,19 @@ class Service:
             if len(text) > s.max_text_chars:
                 raise HTTPException(413, f"text {i} has {len(text)} characters; the limit is "
                                          f"{s.max_text_chars}")
+            problem = encoding_problem(text)
+            if problem:
+                raise HTTPException(422, f"{fields[i]}: {problem}")
+        total = sum(len(t) for t in texts)
+        if total > s.max_request_chars:
+            raise HTTPException(413, f"{total} characters in one request; the limit is "
+                                     f"{s.max_request_chars} (--max-request-chars); send fewer or "
+                                     "shorter texts per request")
 
-    async def decode_texts(self, texts: list[str]) -> list:
-        """Queue `texts` for the worker and wait for their answers (503 when full or draining)."""
-        self.check_limits(texts)
+    async def decode_texts(self, texts: list[str], request: Request, fields: list[str]) -> list:
+        """Queue `texts` for the worker and wait for their answers: 503 when full or draining,
+        504 past the request timeout; a client that goes away has its work cancelled."""
+        self.check_limits(texts, fields)
         try:
             future = self.batcher.submit(texts)
         except QueueFull as e:
@@ -115,22 +132,21 @@ class Service:
             raise HTTPException(503, f"busy: {e}; retry in {wait} s", headers={"Retry-After": str(wait)})
         except Draining as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "5"})
-        return await asyncio.wrap_future(future)
-
-
-def _authorized(request: Request, key: str) -> bool:
-    """Bearer token (OpenAI clients), X-API-Key, or Basic auth with the key as password (browsers)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    given = request.headers.get("x-api-key", "")
-    if scheme.lower() == "bearer":
-        given = value.strip()
-    elif scheme.lower() == "basic":
-        try:
-            given = base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
-        except (ValueError, UnicodeDecodeError):
-            given = ""
-    return hmac.compare_digest(given.encode(), key.encode())
+        waiting = asyncio.wrap_future(future)
+        deadline = time.monotonic() + self.settings.request_timeout
+        while True:
+            left = deadline - time.monotonic()
+            done, _ = await asyncio.wait({waiting}, timeout=max(0.0, min(0.25, left)))
+            if done:
+                return waiting.result()
+            gone = request.scope.get(DISCONNECTED)
+            if gone is not None and gone.is_set():
+                self.batcher.cancel(future)
+                raise HTTPException(499, "the client closed the connection; work cancelled")
+            if left <= 0:
+                self.batcher.cancel(future)
+                raise HTTPException(504, f"no answer within {self.settings.request_timeout:g} s "
+                                         "(--request-timeout); send fewer or shorter texts")
 
 
 def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI:
@@ -157,10 +173,9 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
         started = time.perf_counter()
         path = request.url.path
         route = path if path in ROUTES else "other"
-        length = request.headers.get("content-length", "")
         service.metrics.in_progress.labels(route).inc()
         try:
-            response = await _guarded(request, call_next, path, length)
+            response = await _guarded(request, call_next, path)
         finally:
             service.metrics.in_progress.labels(route).dec()
         status = response.status_code
@@ -171,23 +186,47 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
             service.metrics.errors.labels(kind).inc()
         return response
 
-    async def _guarded(request: Request, call_next, path: str, length: str):
-        if settings.api_key and path != "/health" and not _authorized(request, settings.api_key):
-            response = JSONResponse({"detail": "missing or wrong API key: send 'Authorization: "
+    async def _guarded(request: Request, call_next, path: str):
+        host = host_name(request.headers.get("host", ""))
+        if settings.allowed_hosts is not None and host not in settings.allowed_hosts:
+            # Without a key, a page from another site that resolves its name to 127.0.0.1 (DNS
+            # rebinding) could otherwise use the service from the user's browser.
+            return JSONResponse({"detail": f"Host {host!r} refused: this service without "
+                                           "--api-key answers only to "
+                                           f"{', '.join(settings.allowed_hosts)}"}, status_code=403)
+        given = given_key(request.headers)
+        # Who is asking: the fingerprint of the key that let the request in, kept on feedback rows.
+        request.state.who = None
+        if path == "/v1/feedback" and settings.feedback_keys:
+            # Each writer may hold its own feedback key; the API key alone cannot write.
+            writer = next((k for k in settings.feedback_keys if key_matches(given, k)), None)
+            if writer is None:
+                return JSONResponse({"detail": "missing or wrong feedback key: POST /v1/feedback "
+                                               "needs a --feedback-key, sent as 'Authorization: "
+                                               "Bearer KEY'"}, status_code=401)
+            request.state.who = key_fingerprint(writer)
+        elif settings.api_key and path != "/health":
+            if not key_matches(given, settings.api_key):
+                return JSONResponse({"detail": "missing or wrong API key: send 'Authorization: "
                                                "Bearer KEY'"}, status_code=401,
                                     headers={"WWW-Authenticate": 'Basic realm="nerft"'})
-        elif length.isdigit() and int(length) > settings.max_body_bytes:
-            response = JSONResponse({"detail": f"request body of {int(length)} bytes; the limit is "
-                                               f"{settings.max_body_bytes}"}, status_code=413)
-        else:
-            response = await call_next(request)
-        return response
+            request.state.who = key_fingerprint(settings.api_key)
+        return await call_next(request)
+
+    # Added last, so it is the outermost layer: it sees the server's own receive channel.
+    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes,
+                       on_refused=service.metrics.errors.labels("too_large").inc)
 
     @app.get("/health", summary="Liveness; never needs the API key")
-    async def health():
-        return {"status": "ok", "model": settings.model_name,
+    async def health(request: Request):
+        """503 when the decode worker has stopped; log paths only with the API key."""
+        alive = service.batcher is not None and service.batcher.alive
+        shown = key_matches(given_key(request.headers), settings.api_key)
+        body = {"status": "ok" if alive else "decode worker stopped; restart the service",
+                "model": settings.model_name,
                 "queued_sentences": service.batcher.pending if service.batcher else 0,
-                "logging": service.feedback.status()}
+                "logging": service.feedback.status(show_paths=shown)}
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/v1/models", summary="The served model (OpenAI format)")
     async def models():
@@ -201,22 +240,26 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
                 "limits": {"max_text_chars": settings.max_text_chars, "max_texts": settings.max_texts}}
 
     @app.post("/v1/ner", summary="Entities of one or more sentences")
-    async def ner(body: NerRequest, response: Response):
+    async def ner(body: NerRequest, request: Request, response: Response):
         """`{"text": ...}` or `{"texts": [...]}` → entities with code-point offsets, end exclusive.
 
         `request_id` (also the X-Request-Id header) names the answer in POST /v1/feedback."""
         texts = body.all_texts()
-        decoded = await service.decode_texts(texts)
+        fields = ["text"] if body.text is not None else [f"texts[{i}]" for i in range(len(texts))]
+        decoded = await service.decode_texts(texts, request, fields)
         results = [{"text": d.text, "entities": [e.to_dict() for e in d.entities]} for d in decoded]
         request_id = service.feedback.record_answer(texts, results, "/v1/ner")
         response.headers["X-Request-Id"] = request_id
         return {"model": settings.model_name, "request_id": request_id, "results": results}
 
     @app.post("/v1/feedback", summary="Corrected entities of one sentence (needs --feedback)")
-    async def feedback(body: FeedbackRequest):
+    def feedback(body: FeedbackRequest, request: Request):
         """`{"request_id": ..., "entities": [{"text", "label", "start"?, "end"?}]}` or with `text`
-        instead of `request_id`; appended as a canonical row that `nerft data prepare` reads."""
-        return service.feedback.correct(body)
+        instead of `request_id`; appended as a canonical row that `nerft data prepare` reads.
+
+        A plain `def`: FastAPI runs it on its thread pool, so checking a large correction never
+        holds the event loop that answers everyone else."""
+        return service.feedback.correct(body, by=request.state.who)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():

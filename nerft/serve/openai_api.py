@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictStr
 
@@ -58,9 +58,10 @@ def add_chat_routes(app: FastAPI, service) -> None:
     name = service.settings.model_name
 
     @app.post("/v1/chat/completions", summary="OpenAI-compatible: the last user message is the sentence")
-    async def chat_completions(body: ChatRequest):
+    async def chat_completions(body: ChatRequest, request: Request):
         try:
-            (decoded,) = await service.decode_texts([sentence_of(body.messages)])
+            (decoded,) = await service.decode_texts([sentence_of(body.messages)], request,
+                                                    ["messages[-1].content"])
         except HTTPException as e:  # OpenAI clients read {"error": {"message": ...}}
             kind = "invalid_request_error" if e.status_code < 500 else "server_error"
             return JSONResponse({"error": {"message": e.detail, "type": kind, "code": e.status_code},
