@@ -1,20 +1,21 @@
-"""`task.json`: the task an exported model was trained for, so no runtime has to guess it.
+"""The task record (`task.json`): the task an exported model was trained for, so no runtime has
+to guess it.
 
 Deployed copies of fine-tuned extraction models go wrong when the chat template, the stop tokens
-or the system prompt differ from training; this file pins all of them, next to the weights.
+or the system prompt differ from training; this record pins all of them, next to the weights.
+What it says about the task (labels, answer format) is the Task's own (`Task.format_record`,
+`task_from_record`); the file itself belongs to `ExportDir`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from nerft.atomic import write_json
 from nerft.chat import end_of_turn_id, stop_token_ids as stop_token_set
 from nerft.errors import NerftError
+from nerft.export_dir import TASK_FILE, ExportDir, ExportDirError
 from nerft.prompt import Task, TaskError, task_from_record, user_message
 
-TASK_FILE = "task.json"
 TASK_FORMAT = "nerft-task/1"
 
 
@@ -47,19 +48,17 @@ def task_record(task: Task, tokenizer, generation_config=None, *, base_model: st
 
 
 def write_task(folder: Path, record: dict) -> Path:
-    path = Path(folder) / TASK_FILE
-    write_json(path, record)
-    return path
+    return ExportDir(folder).write_task(record)
 
 
 def read_task(folder: Path) -> dict:
-    """The task record of an export, checked (`check_task_record`)."""
-    path = Path(folder) / TASK_FILE
+    """The task record of an export folder, checked (`check_task_record`)."""
+    export = ExportDir(folder)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TaskFileError(f"{path}: cannot read ({e})") from e
-    return check_task_record(record, path)
+        record = export.read_task()
+    except ExportDirError as e:
+        raise TaskFileError(str(e)) from None
+    return check_task_record(record, export.task_file)
 
 
 def check_task_record(record, where) -> dict:
