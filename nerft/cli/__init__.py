@@ -2,18 +2,33 @@
 
 Every verb is registered here, when the package is imported (the verb modules import their
 stages lazily, inside the command, so `nerft --help` stays fast). A user mistake is a
-`NerftError`: caught once in `main()`, printed as one line, exit code from the error.
+`NerftError`: caught once, by the root command below, printed as one line, exit code from the
+error. Commands never catch them; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from nerft.cli import compare, data, demo, eval, export, model, predict, runs, select, serve, train
-from nerft.cli.common import err, fail
+from nerft.cli.common import print_error, report
 from nerft.errors import NerftError
 
+
+class NerftCommand(TyperGroup):
+    """The root `nerft` command: the one place a NerftError ends a command. It sits here rather
+    than around `app()` in `main()` so that tests invoking `app` see exactly what users see."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NerftError as e:
+            raise typer.Exit(report(e)) from None
+
+
 app = typer.Typer(
+    cls=NerftCommand,
     help="Fine-tune chat LLMs into Chinese named-entity recognisers: data → train → eval.",
     no_args_is_help=True,
     add_completion=False,
@@ -35,12 +50,9 @@ app.add_typer(model.app, name="model", help="Fetch and convert models (e.g. the 
 def main() -> None:
     from nerft.versions import too_old
 
-    for line in too_old():
-        fail(line)
-    try:
-        app()
-    except NerftError as e:  # anything a user can fix that a command did not catch itself
-        from rich.markup import escape
-
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise SystemExit(e.exit_code) from None
+    problems = too_old()
+    for line in problems:
+        print_error(line)
+    if problems:  # outside the root command, so exit here
+        raise SystemExit(2)
+    app()

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from nerft.cli.common import err, fail
+from nerft.cli.common import err
 
 app = typer.Typer(help="Read, clean and split annotated corpora.", no_args_is_help=True)
 
@@ -47,31 +47,22 @@ def data_prepare(
     """
     from rich.markup import escape
 
-    from nerft.data.labels import LabelMapError, parse_label_map
-    from nerft.data.prepare import PrepareFailed, check_outcome, prepare, write_prepared
+    from nerft.data.labels import parse_label_map
+    from nerft.data.prepare import check_outcome, prepare, write_prepared
     from nerft.data.prepared import PreparedData
-    from nerft.data.readers import DataError
     from nerft.data.split import parse_ratios
     from nerft.data.stats import print_summary
 
+    # Bad options, unreadable inputs, a bad row under --strict, an unwritable --out (exit 2) and
+    # too few rows kept (PrepareFailed, exit 1) are NerftErrors that `nerft.cli` reports.
     started = time.perf_counter()
-    try:
-        ratios = parse_ratios(split)
-        user_map = parse_label_map(label_map)
-        PreparedData.check_target(out, force)
-        prep = prepare(inputs, fmt=fmt, user_label_map=user_map, ratios=ratios,
-                       seed=seed, strict=strict, resplit=resplit)
-    except (DataError, LabelMapError, ValueError, OSError) as e:
-        fail(str(e))
-    try:
-        warnings = check_outcome(prep)
-    except PrepareFailed as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-    try:
-        stats = write_prepared(prep, out, ratios=ratios, seed=seed)
-    except OSError as e:
-        fail(f"cannot write {out}: {e}")
+    ratios = parse_ratios(split)
+    user_map = parse_label_map(label_map)
+    PreparedData.check_target(out, force)
+    prep = prepare(inputs, fmt=fmt, user_label_map=user_map, ratios=ratios,
+                   seed=seed, strict=strict, resplit=resplit)
+    warnings = check_outcome(prep)
+    stats = write_prepared(prep, out, ratios=ratios, seed=seed)
     print_summary(stats, str(out))
     for line in warnings:
         err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

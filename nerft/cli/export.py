@@ -34,27 +34,18 @@ def export(
     """
     from rich.markup import escape
 
-    from nerft.cli.common import fail
-    from nerft.export import ExportError
+    from nerft.cli.common import err, fail
     from nerft.export.workflow import export_run
-    from nerft.model import ModelSourceError
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the export prints its own steps
-    err = Console(stderr=True)
     if gguf is not None and gguf not in ("f16", "q8_0"):
         fail(f"--gguf {gguf!r}: choose f16 or q8_0")
-    try:
-        result = export_run(run, out, merge=merge or gguf is not None, dtype=dtype, probes=probes,
-                            gguf=gguf, trust_remote_code=trust_remote_code,
-                            log=lambda m: err.print(escape(m), highlight=False, soft_wrap=True))
-    except ExportError as e:
-        message = str(e)
-        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-        # A self-check failure means the export itself is wrong (exit 1), not the input (exit 2).
-        raise typer.Exit(1 if message.startswith("export check failed") else 2)
-    except ModelSourceError as e:
-        fail(str(e))
+    # A bad run or model is an ExportError (exit 2); an export that fails its own check is an
+    # ExportCheckFailed (exit 1: the export is wrong, not the input). `nerft.cli` reports both.
+    result = export_run(run, out, merge=merge or gguf is not None, dtype=dtype, probes=probes,
+                        gguf=gguf, trust_remote_code=trust_remote_code,
+                        log=lambda m: err.print(escape(m), highlight=False, soft_wrap=True))
     Console().print(f"[bold]exported[/] {result.kind} → {result.out} ({len(result.files)} files)",
                     highlight=False)

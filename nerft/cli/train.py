@@ -39,11 +39,7 @@ def train(
       nerft train configs/demo-cpu.yaml --nproc 2       # = torchrun --nproc_per_node 2 -m nerft train ...
     """
     from nerft.config import ConfigError, load_config
-    from nerft.model import ModelSourceError
-    from nerft.run_dir import RunDirError
-    from nerft.train.continual import ContinueError
-    from nerft.train.resume import AlreadyFinished, RunStateError
-    from nerft.train.workflow import TrainError, train
+    from nerft.train.workflow import train
 
     overrides = list(ctx.args)
     for item in overrides:
@@ -59,27 +55,18 @@ def train(
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                   f"--nproc_per_node={nproc}", "-m", "nerft", "train", str(config), *flags, *overrides]
         raise typer.Exit(subprocess.run(launch).returncode)
-    not_rank0 = os.environ.get("RANK", "0") != "0"  # torchrun / accelerate: rank 0 reports for all
-    try:
-        cfg = load_config(config, overrides)
-        if cfg.model.trust_remote_code and not trust_remote_code:
-            raise ConfigError(f"{config}: model.trust_remote_code is never taken from a file; pass "
-                              "--trust-remote-code on the command line if you trust the model's code")
-        if trust_remote_code:
-            cfg.model.trust_remote_code = True  # recorded in the run's config.yaml
-            err.print(f"trusting and running the Python code that {cfg.model.source} ships "
-                      "(--trust-remote-code)", highlight=False)
-        summary = train(cfg, resume=resume, overwrite=overwrite)
-    except AlreadyFinished as e:
-        if not_rank0:
-            return
-        Console().print(str(e), highlight=False, soft_wrap=True)
-        return
-    except (ConfigError, TrainError, RunStateError, RunDirError, ModelSourceError, ContinueError) as e:
-        if not_rank0:
-            raise typer.Exit(2) from None
-        fail(str(e))
-    if not_rank0:
+    # Errors (config, data, model, run state; "already finished" too, with exit code 0) are
+    # NerftErrors that `nerft.cli` reports, rank 0 alone under torchrun.
+    cfg = load_config(config, overrides)
+    if cfg.model.trust_remote_code and not trust_remote_code:
+        raise ConfigError(f"{config}: model.trust_remote_code is never taken from a file; pass "
+                          "--trust-remote-code on the command line if you trust the model's code")
+    if trust_remote_code:
+        cfg.model.trust_remote_code = True  # recorded in the run's config.yaml
+        err.print(f"trusting and running the Python code that {cfg.model.source} ships "
+                  "(--trust-remote-code)", highlight=False)
+    summary = train(cfg, resume=resume, overwrite=overwrite)
+    if os.environ.get("RANK", "0") != "0":  # torchrun / accelerate: rank 0 reports for all
         return
     out = Console()
     if summary.new_labels:
@@ -90,7 +77,7 @@ def train(
         start = "parent" if summary.continued else "untrained"
         out.print(f"validation F1: {start} {before} → best {summary.best_f1:.4f} at step "
                   f"{summary.best_step}" + (" (stopped early)" if summary.stopped_early else ""))
-        out.print(f"best adapter: {summary.run_dir / 'best'}")
+        out.print(f"best adapter: {summary.best_weights}")
         if summary.best_per_label:
             parts = [f"{label} {v.get('f1', 0):.2f} ({int(v.get('support', 0))})"
                      + (" never found" if not v.get("f1") else "")

@@ -6,12 +6,10 @@ import os
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from nerft.export import ExportError
 from nerft.export.parity import check_parity, reference_outputs
-from nerft.cli.export import export
 from nerft.infer.predict import load_for_inference, predict
 from nerft.prompt import Task
 
@@ -20,12 +18,12 @@ IM_END, END_OF_TEXT = 151_645, 151_643
 
 @pytest.fixture(scope="module")
 def cli():
-    app = typer.Typer()
-    app.command()(export)
+    from nerft.cli import app  # the real command, with its one error handler
+
     runner = CliRunner()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield lambda args: runner.invoke(app, [str(a) for a in args])
+    yield lambda args: runner.invoke(app, ["export", *map(str, args)])
     torch.set_num_threads(before)
 
 
