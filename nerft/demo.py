@@ -97,6 +97,6 @@ def run_demo(out: Path, *, data: list[Path] | None = None, config_path: Path = D
         "f1_before": before.result.scores["strict"].micro.f1,
         "f1_after": after.result.scores["strict"].micro.f1,
         "test_sentences": len(test), "test_entities": n_entities, "train_steps": summary.steps,
-        "report": str(page), "adapter": str(config.training.output_dir / "best"),
+        "report": str(page), "adapter": str(summary.best_weights),
         "minutes": (time.perf_counter() - started) / 60,
     }

@@ -54,6 +54,8 @@ class RunLocked(RunDirError):
 
 WEIGHT_FOLDERS = ("best", "final")
 _SCORES = "scores.json"  # in best/: the validation scores; written last, so it marks best/ whole
+# Files in a weights folder that are the run's records, not part of the weights.
+WEIGHT_RECORDS = (_SCORES,)
 _CHECKPOINT = "checkpoint-"
 _DAMAGED = "damaged-"
 _EVAL = "eval-"
@@ -258,11 +260,6 @@ class RunDir:
         """The validation scores saved beside weights (best/ has them, final/ not): {} if none."""
         path = Path(weights) / _SCORES
         return _read_json_object(path) if path.is_file() else {}
-
-    @staticmethod
-    def is_scores_file(name: str) -> bool:
-        """Whether a file of a weights folder is the run's record rather than the weights."""
-        return name == _SCORES
 
     def eval_dir(self, split: str) -> Path:
         """Where `nerft eval RUN --split SPLIT` writes its report."""

@@ -70,3 +70,18 @@ def test_runs_lists_parents_first_with_scores_size_and_lineage(tmp_path):
     assert res.exit_code == 0 and "a/v2" in res.output and "0.7900" in res.output
     res = CliRunner().invoke(app, [str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such folder" in res.output
+
+
+def test_runs_reads_a_metrics_file_torn_by_a_kill(tmp_path):
+    # Issue 28 items 9 and 12: a run killed while writing metrics.jsonl, its last line torn,
+    # and a validation text with U+2028 logged raw by an older nerft.
+    run = _run(tmp_path / "runs" / "stopped", _data(tmp_path / "data"))
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": 5, "loss": 0.9, "note": "张三\u2028李四"}, ensure_ascii=False) + "\n")
+        f.write('{"step": 6, "lo')
+    (row,) = list_runs(tmp_path / "runs")
+    assert row.steps == 5 and row.state != "finished"
+    app = typer.Typer()
+    app.command()(runs)
+    res = CliRunner().invoke(app, [str(tmp_path / "runs")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "stopped" in res.output, res.output

@@ -64,7 +64,7 @@ def eval_(
                       f"{escape(', '.join(evals[-1].unseen_labels))} of this data; their entities "
                       "count as missed", highlight=False)
     if out is None:
-        out = Path(model) / f"eval-{split}" if RunDir.is_run(Path(model)) else Path("eval") / model_name(model)
+        out = RunDir(Path(model)).eval_dir(split) if RunDir.is_run(Path(model)) else Path("eval") / model_name(model)
     if compare:
         evals.reverse()  # report order: the reference first, so deltas read "model minus reference"
     md, page = write_outputs(evals, out, title=f"NER evaluation on {data} ({split})")
@@ -83,4 +83,3 @@ def _print_eval(evals, md: Path, page: Path) -> None:
         console.print(f"[bold]{ev.name}[/]: strict micro F1 {ev.result.scores['strict'].micro.f1:.4f} "
                       f"on {ev.result.sentences} sentences in {ev.seconds:.1f}s{extra}", highlight=False)
     console.print(f"report: {page}  ({md})")
-

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nerft.data.prepared import PreparedData
 from nerft.export import ExportError
-from nerft.run_dir import RunDir, RunDirError
+from nerft.run_dir import WEIGHT_RECORDS, RunDir, RunDirError
 
 
 @dataclass
@@ -25,6 +25,17 @@ class RunSource:
     info: dict = field(default_factory=dict)  # run.json
     data_dir: Path | None = None
     answer_format: str = "json"  # data.answer_format the run was trained with
+
+    @property
+    def config_file(self) -> Path:
+        """The run's config.yaml (to name in messages)."""
+        return RunDir(self.run).config_yaml
+
+    @property
+    def record_files(self) -> tuple[str, ...]:
+        """Files of the weights folder that are the run's records (the validation scores: they
+        go into the card), not part of the weights."""
+        return WEIGHT_RECORDS
 
     @property
     def is_adapter(self) -> bool:

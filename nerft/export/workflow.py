@@ -43,7 +43,7 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
     src = read_run(run, trust_remote_code=trust_remote_code)
     if src.answer_format != "json":
         # task.json, the GBNF grammar and the model card describe JSON lines only
-        raise ExportError(f"{src.run}/config.yaml: data.answer_format is {src.answer_format!r}; "
+        raise ExportError(f"{src.config_file}: data.answer_format is {src.answer_format!r}; "
                           "nerft export writes the json answer format only (predict, eval and "
                           "serve use the run folder directly)")
     check_scores(src)  # a bad score file fails now, not after the merge
@@ -99,7 +99,7 @@ def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportRes
         generation = GenerationConfig.from_pretrained(folder)
     except OSError:
         generation = None
-    out.copy_adapter(src.weights, skip=("scores.json",))  # validation scores: in the card
+    out.copy_adapter(src.weights, skip=src.record_files)  # validation scores: in the card
     task = Task(src.labels)
     out.write_task(task_record(task, tokenizer, generation, base_model=src.base))
     out.write_card(card_text(src, kind="adapter", task=task, parity=None, name=name))

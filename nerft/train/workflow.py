@@ -47,6 +47,11 @@ class RunSummary:
     new_labels: tuple[str, ...] = ()  # init_from: labels the parent run never saw
     continued: bool = False  # init_from: step 0 is the parent's model, not the untrained one
 
+    @property
+    def best_weights(self) -> Path:
+        """The folder with the best validation F1 (what predict, serve and export load)."""
+        return RunDir(self.run_dir).best
+
     def to_dict(self) -> dict:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
 
