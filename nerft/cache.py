@@ -13,9 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from nerft.atomic import staged_folder
 from nerft.errors import NerftError
 
 COMPLETE_MARKER = ".nerft-complete"
@@ -86,19 +87,15 @@ def build_atomically(final: Path) -> Iterator[Path]:
     If the body raises, the temporary folder is removed and `final` is untouched. If another
     process finished `final` first, its result is kept and ours is discarded.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the finished entry is an ordinary folder
+    final = Path(final)
+    built = False
     try:
-        yield tmp
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
-        if final.exists() and not is_complete(final):
-            shutil.rmtree(final)  # left by an older, interrupted layout: never usable
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not is_complete(final):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with staged_folder(final) as tmp:
+            yield tmp
+            built = True
+            (tmp / COMPLETE_MARKER).write_text("ok\n")  # last: the folder is whole from here
+            if final.exists() and not is_complete(final):
+                shutil.rmtree(final)  # left by an older, interrupted layout: never usable
+    except OSError:
+        if not (built and is_complete(final)):  # lost the race to a finished twin: use it
+            raise

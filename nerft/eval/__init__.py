@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from nerft.atomic import write_text
 from nerft.data.example import Example, Span
 from nerft.eval.errors import ErrorAnalysis, ExampleRecord, analyse, build_records
 from nerft.eval.metrics import MODES, AnswerRates, ModeScores, answer_rates, score_corpus
@@ -38,9 +39,7 @@ class EvalResult:
     def write_json(self, path: Path) -> Path:
         """Write `metrics.json` (or any path) atomically."""
         path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, self.to_json() + "\n")
         return path
 
     @classmethod

@@ -341,6 +341,19 @@ def test_a_truncated_gz_is_one_line(cli, tmp_path):
     assert f"{path}: cannot read:" in one_line(res.stderr) and "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("where", [12, 400])  # in the first lines (format detection) or later
+def test_a_corrupt_gz_is_one_line(cli, tmp_path, where):
+    """Issue 28 item 12: a flipped byte in the deflate stream raised zlib.error, a traceback."""
+    path = tmp_path / "resume.bmes.gz"
+    data = bytearray(gzip.compress(conll_text(RESUME * 50, "BMES").encode()))
+    data[where:where + 8] = bytes(b ^ 0xFF for b in data[where:where + 8])
+    path.write_bytes(bytes(data))
+    res = cli("data", "prepare", path, "--out", tmp_path / "o")
+    assert res.exit_code == 2, res.output
+    assert f"{path}: cannot read:" in one_line(res.stderr) and "Traceback" not in res.output
+    assert res.stderr.strip().count("\n") == 0 and not (tmp_path / "o").exists()
+
+
 KILLED_WRITER = """
 import sys, time
 import nerft.data.prepare as p

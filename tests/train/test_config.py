@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -57,3 +58,12 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path, data_dir):
     assert res.returncode == 2
     assert "bogus: unknown key" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path, data_dir):
+    """Issue 28 item 12: a config saved in GBK (a common Chinese Windows default) raised
+    UnicodeDecodeError, a traceback, instead of saying what to do."""
+    p = tmp_path / "c.yaml"
+    p.write_bytes(f"# 训练配置\ndata: {{dir: {data_dir}}}\nmodel: {{source: demo}}\n".encode("gbk"))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: not UTF-8 text \(byte \d+\); save it as UTF-8$"):
+        load_config(p)
