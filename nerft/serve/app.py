@@ -56,6 +56,15 @@ class ServeSettings:
         # Room for every allowed sentence as escaped JSON (\uXXXX is 6 bytes a character).
         return 4096 + self.max_texts * (6 * self.max_text_chars + 16)
 
+    @property
+    def max_feedback_bytes(self) -> int:
+        # The sentence and its entities' texts (together no longer than the sentence, as they
+        # cannot overlap) as escaped JSON, and each entity's label, offsets and keys.
+        return 4096 + 2 * 6 * self.max_text_chars + self.max_entities * 96
+
+    def body_cap(self, path: str) -> int:
+        return self.max_feedback_bytes if path == "/v1/feedback" else self.max_body_bytes
+
 
 class NerRequest(BaseModel):
     """One sentence (`text`) or several (`texts`), not both."""
@@ -214,7 +223,7 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
         return await call_next(request)
 
     # Added last, so it is the outermost layer: it sees the server's own receive channel.
-    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes,
+    app.add_middleware(BodyCap, max_bytes=settings.body_cap,
                        on_refused=service.metrics.errors.labels("too_large").inc)
 
     @app.get("/health", summary="Liveness; never needs the API key")

@@ -46,7 +46,8 @@ def host_name(header: str) -> str:
 class BodyCap:
     """ASGI middleware: 413 once a request body passes `max_bytes`, counted as it arrives."""
 
-    def __init__(self, app, max_bytes: int, on_refused=lambda: None):
+    def __init__(self, app, max_bytes, on_refused=lambda: None):
+        # max_bytes(path) -> the cap of that route's body
         self.app, self.max_bytes, self.on_refused = app, max_bytes, on_refused
 
     async def __call__(self, scope, receive, send):
@@ -54,9 +55,10 @@ class BodyCap:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_bytes:
+        cap = self.max_bytes(scope["path"])
+        if length.isdigit() and int(length) > cap:
             return await self._refuse(send, f"request body of {int(length)} bytes; the limit is "
-                                            f"{self.max_bytes}")
+                                            f"{cap}")
         # Read the body here, counting; what passes is replayed to the app in one message.
         chunks, size = [], 0
         while True:
@@ -64,9 +66,9 @@ class BodyCap:
             if message["type"] != "http.request":  # the client went away mid-body
                 return await self._refuse(send, "the client closed the request", 400)
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                return await self._refuse(send, f"request body of more than {self.max_bytes} bytes "
-                                                f"(sent in chunks); the limit is {self.max_bytes}")
+            if size > cap:
+                return await self._refuse(send, f"request body of more than {cap} bytes (sent in "
+                                                f"chunks); the limit is {cap}")
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
