@@ -124,3 +124,13 @@ def test_checkpoint_step_is_parsed_in_one_place(tmp_path):
     assert run.set_aside(run.path / "checkpoint-10").name == "damaged-checkpoint-10.2"  # none replaced
     run.rotate_checkpoints(keep=1)
     assert [p.name for p in run.checkpoints()] == ["checkpoint-2"]
+
+
+def test_the_runs_task_and_a_config_that_is_not_utf8(tmp_path):
+    run = a_run(tmp_path / "run")
+    task = run.task()
+    assert task.labels == ("人名",) and task.answer_format == "json"
+    run.config_yaml.write_bytes("data: {answer_format: compact}\n".encode("utf-16"))
+    # Issue 28 item 12: one line naming the file, not a UnicodeDecodeError traceback.
+    with pytest.raises(RunDirError, match="config.yaml: cannot read"):
+        run.task()

@@ -68,8 +68,8 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
     the run's own config.yaml."""
     try:
         rd = RunDir.open(Path(run))
-        model, labels, weights, raw = rd.model_config(), rd.labels(), rd.weights(), rd.raw_config()
-        info, answer_format = rd.info(), rd.answer_format()
+        model, task, weights, raw, info = (rd.model_config(), rd.task(), rd.weights(),
+                                           rd.raw_config(), rd.info())
     except RunDirError as e:
         raise ExportError(str(e)) from e
     if not (weights / "adapter_config.json").is_file() and not (weights / "config.json").is_file():
@@ -80,5 +80,5 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
     return RunSource(run=rd.path, base=model.source, dtype=model.dtype,
                      trust_remote_code=trust_remote_code,
                      method=raw.get("method") if isinstance(raw.get("method"), dict) else {},
-                     labels=labels, weights=weights, info=info, data_dir=data_dir,
-                     answer_format=answer_format)
+                     labels=task.labels, weights=weights, info=info, data_dir=data_dir,
+                     answer_format=task.answer_format)
