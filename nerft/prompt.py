@@ -132,8 +132,9 @@ class Task:
         return AnswerPieces(NO_ENTITY, open_, mid, close, two[len(one):len(two) - len(one)])
 
     def format_record(self) -> dict:
-        """The answer format as task.json describes it to other runtimes."""
-        record = {"name": self.answer_format, "kind": _FORMAT_KINDS[self.answer_format],
+        """The answer format as task.json's `answer` field describes it to other runtimes (its
+        `answer_format` field holds the name, as data.answer_format does)."""
+        record = {"kind": _FORMAT_KINDS[self.answer_format],
                   "line": self.format_answer([Span(0, 1, "<one of labels>",
                                                    "<a substring of the sentence>")])}
         if self.answer_format == "json":
@@ -158,23 +159,18 @@ def user_message(text: str) -> str:
     return f"文本:{text}"
 
 
-def answer_format_of_record(record) -> str | None:
-    """The format name a task.json `answer_format` field gives (`Task.format_record`, or just
-    the name), or None when it names none nerft knows; files from before compact existed say
-    only `kind`."""
-    if isinstance(record, str):
-        return record if record in ANSWER_FORMATS else None
-    if not isinstance(record, dict):
-        return None
-    name = record.get("name")
-    if name is None:
-        name = next((n for n, kind in _FORMAT_KINDS.items() if kind == record.get("kind")), None)
-    return name if name in ANSWER_FORMATS and record.get("kind") == _FORMAT_KINDS[name] else None
+def answer_format_of_record(value) -> str | None:
+    """The format name a task.json `answer_format` field holds, or None when it names none
+    nerft knows. Files from before compact existed hold a description there (`kind`)."""
+    if isinstance(value, dict):
+        value = next((n for n, kind in _FORMAT_KINDS.items() if kind == value.get("kind")), None)
+    return value if isinstance(value, str) and value in ANSWER_FORMATS else None
 
 
 def task_from_record(record, where) -> Task:
-    """The Task a task.json record describes (its `labels` and `answer_format` fields); a
-    record no model can be prompted with is a TaskError naming `where` and the field."""
+    """The Task a task.json record describes (its `labels` and `answer_format` fields, and
+    the `answer` description when present); a record no model can be prompted with is a
+    TaskError naming `where` and the field."""
     labels = record.get("labels") if isinstance(record, dict) else None
     problem = label_set_problem(labels)
     if problem:
@@ -183,8 +179,13 @@ def task_from_record(record, where) -> Task:
     answer_format = answer_format_of_record(record.get("answer_format"))
     if answer_format is None:
         raise TaskError(f"{where}: field answer_format does not name an answer format this nerft "
-                        f"knows ({', '.join(_FORMAT_KINDS.values())})")
-    return Task(tuple(labels), answer_format)
+                        f"knows ({', '.join(ANSWER_FORMATS)})")
+    task = Task(tuple(labels), answer_format)
+    described = record.get("answer")
+    if described is not None and described != task.format_record():
+        raise TaskError(f"{where}: field answer does not describe the {answer_format} answer "
+                        "format this nerft writes; export the model again with this nerft")
+    return task
 
 
 def check_answer_format(answer_format: str) -> None:

@@ -91,8 +91,8 @@ def card_text(src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None
              f"nerft serve {name}      # HTTP API, web page, OpenAI-compatible endpoint",
              f"nerft predict {name} \"张三在北京工作。\"" if kind == "merged" else
              "# the adapter applies to the base model named above", "```", "",
-             "Answer format: one JSON object per line, "
-             '`{"entity_text": ..., "entity_label": ...}`, in sentence order, or the phrase '
-             "`没有找到任何实体`. nerft decodes greedily with a constraint that keeps every entity "
+             f"Answer format ({task.answer_format}): one entity per line, "
+             f"`{task.format_record()['line']}`, in sentence order, or the phrase "
+             f"`{task.pieces.no_entity}`. nerft decodes greedily with a constraint that keeps every entity "
              "text a substring of the sentence and every label in the label set.", ""]
     return "\n".join(front + body)

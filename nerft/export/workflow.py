@@ -41,11 +41,6 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     src = read_run(run, trust_remote_code=trust_remote_code)
-    if src.answer_format != "json":
-        # task.json, the GBNF grammar and the model card describe JSON lines only
-        raise ExportError(f"{src.config_file}: data.answer_format is {src.answer_format!r}; "
-                          "nerft export writes the json answer format only (predict, eval and "
-                          "serve use the run folder directly)")
     check_scores(src)  # a bad score file fails now, not after the merge
     out = Path(out)
     try:
@@ -100,7 +95,7 @@ def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportRes
     except OSError:
         generation = None
     out.copy_adapter(src.weights, skip=src.record_files)  # validation scores: in the card
-    task = Task(src.labels)
+    task = Task(src.labels, src.answer_format)
     out.write_task(task_record(task, tokenizer, generation, base_model=src.base))
     out.write_card(card_text(src, kind="adapter", task=task, parity=None, name=name))
     log(f"adapter from {src.weights} with {out.task_file.name} and {out.card.name}")
@@ -112,7 +107,7 @@ def _export_merged(src: RunSource, out: ExportDir, name: str, dtype: str, probes
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     model, tokenizer = _load_run_model(src)
-    task = Task(src.labels)
+    task = Task(src.labels, src.answer_format)
     texts = _probe_texts(src, probes)
     log(f"reference answers of the run on {len(texts)} sentences")
     reference = reference_outputs(model, tokenizer, task, texts)

@@ -166,8 +166,7 @@ LABEL_VERDICTS = [
 
 
 def _task_json(folder, labels):
-    record = {"format": TASK_FORMAT, "labels": labels,
-              "answer_format": Task(("地点",)).format_record()}
+    record = {"format": TASK_FORMAT, "labels": labels, "answer_format": "json"}
     (folder / "task.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     return folder
 

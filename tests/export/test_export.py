@@ -46,7 +46,7 @@ def test_adapter_export_carries_the_task_and_card(cli, tiny_lora_run, tmp_path, 
     assert task["labels"] == list(expected.labels) and task["system_prompt"] == expected.system_prompt
     assert task["stop_tokens"][:2] == ["<|im_end|>", "<|endoftext|>"]
     assert task["stop_token_ids"][:2] == [IM_END, END_OF_TEXT]
-    assert task["answer_format"]["no_entity"] == "没有找到任何实体"
+    assert task["answer_format"] == "json" and task["answer"]["no_entity"] == "没有找到任何实体"
     assert task["base_model"] == str(tiny_model_dir) and "<|im_start|>" in task["chat_template"]
     card = (out / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\nbase_model: ") and "validation entity F1" in card and "0.2500" in card

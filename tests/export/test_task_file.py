@@ -20,8 +20,9 @@ def test_task_json_round_trips_the_answer_format(qwen_tokenizer, tmp_path, answe
     record = read_task(tmp_path)
     assert task_of(record) == task
     assert record["system_prompt"] == task.system_prompt
-    described = record["answer_format"]
-    assert described["name"] == answer_format
+    # the format by name (as data.answer_format), and described for other runtimes
+    assert record["answer_format"] == answer_format
+    described = record["answer"]
     # the example line is a line of this format: the task's own parser reads it
     assert task.parse_line(described["line"]) == ("<a substring of the sentence>", "<one of labels>")
     answer = task.format_answer([Span(0, 2, "地点", "北京"), Span(3, 5, "地点", "北京")])
@@ -33,12 +34,14 @@ def test_task_json_from_before_compact_reads_as_json(qwen_tokenizer, tmp_path):
     record = task_record(Task(LABELS), qwen_tokenizer)
     record["answer_format"] = {"kind": "json-lines", "text_key": "entity_text",
                                "label_key": "entity_label"}
+    del record["answer"]
     assert task_of(check_task_record(record, "task.json")) == Task(LABELS)
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("answer_format", {"name": "yaml", "kind": "yaml-lines"}, "field answer_format"),
-    ("answer_format", {"name": "compact", "kind": "json-lines"}, "field answer_format"),
+    ("answer_format", "yaml", "field answer_format"),
+    ("answer_format", {"kind": "yaml-lines"}, "field answer_format"),
+    ("answer_format", "compact", "field answer does not describe the compact answer format"),
     ("labels", ["地点", "<|im_start|>"], "field labels: label '<|im_start|>' contains"),
     ("labels", "地点", "field labels"),
     ("format", "nerft-task/0", "field format"),
@@ -53,9 +56,9 @@ def test_a_task_json_nerft_cannot_prompt_with_is_one_line(qwen_tokenizer, tmp_pa
     assert str(refused.value).startswith(str(tmp_path / "task.json"))
 
 
-def test_task_from_record_takes_the_format_described_or_named():
-    # the loader of an export may hold the format as task.json describes it or as a bare name
-    described = {"labels": list(LABELS), "answer_format": Task(LABELS, "compact").format_record()}
+def test_task_from_record_takes_the_named_format():
+    described = {"labels": list(LABELS), "answer_format": "compact",
+                 "answer": Task(LABELS, "compact").format_record()}
     assert task_from_record(described, "task.json") == Task(LABELS, "compact")
     assert task_from_record({"labels": list(LABELS), "answer_format": "compact"}, "x") == Task(LABELS, "compact")
     with pytest.raises(TaskError, match=r"^nerft\.json: field labels: label '人名' is listed twice"):

@@ -207,9 +207,8 @@ def test_a_parent_trained_on_a_relative_data_dir_is_found_from_elsewhere(tmp_pat
 
 def test_compact_answer_format_runs_end_to_end_and_stays_with_the_model(parent, tmp_path, tiny_model_dir):
     """data.answer_format=compact: training writes compact answers, the run records the format,
-    inference on the run prompts and reads that format, a continued run must keep it, and export
-    (JSON lines only) refuses it by name."""
-    from nerft.export import ExportError
+    inference on the run prompts and reads that format, a continued run must keep it, and a
+    merged export passes its parity check in it and names it in task.json (read back by predict)."""
     from nerft.export.workflow import export_run
     from nerft.infer.predict import load_for_inference, predict
 
@@ -230,6 +229,21 @@ def test_compact_answer_format_runs_end_to_end_and_stays_with_the_model(parent, 
     child.init_from = parent[0]
     with pytest.raises(ContinueError, match="data.answer_format=json"):
         train(child)
-    with pytest.raises(ExportError, match="config.yaml: data.answer_format is 'compact'"):
-        export_run(run.path, tmp_path / "export")
-    assert not (tmp_path / "export").exists()
+    export_run(run.path, tmp_path / "export", merge=True, probes=2)
+    record = json.loads((tmp_path / "export" / "task.json").read_text(encoding="utf-8"))
+    assert record["answer_format"] == "compact" and record["answer"]["line"].startswith('"')
+    assert load_for_inference(str(tmp_path / "export"))[2] == task
+    assert "Answer format (compact)" in (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
+    # the GBNF grammar of the exported task (what answer.gbnf holds) accepts the run's answers
+    import llguidance
+    import llguidance.hf
+
+    from nerft.export.grammar import answer_grammar
+    from nerft.export.task_file import task_of
+
+    grammar = llguidance.grammar_from("gbnf", answer_grammar(task_of(record)))
+    lltok = llguidance.hf.from_tokenizer(tokenizer)
+    for p in preds:
+        matcher = llguidance.LLMatcher(lltok, grammar)
+        ids = tokenizer(p.answer, add_special_tokens=False)["input_ids"]
+        assert matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting(), p.answer
