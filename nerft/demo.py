@@ -19,8 +19,8 @@ from pathlib import Path
 from rich.console import Console
 
 from nerft.config import Config, load_config
-from nerft.data.example import read_examples
 from nerft.data.prepare import prepare, write_prepared
+from nerft.data.prepared import PreparedData
 from nerft.demo_data import CORPUS_FILES, DemoSlice
 
 # setuptools installs nerft as plain files (never zipped), so the resource is a real path.
@@ -77,7 +77,7 @@ def run_demo(out: Path, *, data: list[Path] | None = None, config_path: Path = D
     console.print(f"{t['read']} rows read from {len(files)} file(s): {t['kept']} kept, "
                   f"{t['rejected']} rejected, {t['duplicates']} duplicates; labels {prep.labels}",
                   highlight=False)
-    test = list(read_examples(data_dir / "test.jsonl"))[:test_rows]
+    test = list(PreparedData(data_dir).rows("test"))[:test_rows]
     n_entities = sum(len(ex.entities) for ex in test)
     labels = tuple(prep.labels)
     config = demo_config(config_path, data_dir, out / "run", train_rows=train_rows, epochs=epochs)

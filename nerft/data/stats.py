@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nerft.data.example import Example
+from nerft.data.prepared import OUTPUT_FILES, REJECTED_FILE
 
 
 def percentile(sorted_values: list[int], q: float) -> int:
@@ -54,7 +55,7 @@ def print_summary(stats: dict, out_dir: str, console: Console | None = None) -> 
                **{f"removed: {k}": v for k, v in stats["duplicates_by_kind"].items()},
                **{f"repaired: {k}": v for k, v in stats["repaired_by_reason"].items()}}
     if reasons:
-        why = Table(title="Rejected, removed and repaired rows (details in rejected.jsonl)",
+        why = Table(title=f"Rejected, removed and repaired rows (details in {REJECTED_FILE})",
                     title_justify="left")
         why.add_column("reason")
         why.add_column("rows", justify="right")
@@ -90,5 +91,4 @@ def print_summary(stats: dict, out_dir: str, console: Console | None = None) -> 
     for q in ("p50", "p90", "p99", "max"):
         splits.add_row(f"text length {q}", *(str(per[n]["text_length"][q]) for n in names))
     console.print(splits)
-    console.print(f"Wrote train.jsonl, val.jsonl, test.jsonl, rejected.jsonl, stats.json to "
-                  f"{escape(out_dir)}", highlight=False)
+    console.print(f"Wrote {', '.join(OUTPUT_FILES)} to {escape(out_dir)}", highlight=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nerft.data.example import Span
 from nerft.export.task_file import TASK_FILE, read_task
+from nerft.export_dir import ExportDir
 from nerft.infer.generate import AnswerGenerator
 from nerft.infer.predict import InferenceError, load_for_inference
 from nerft.prompt import Task
@@ -43,7 +44,7 @@ def load_served(ref: str, labels: tuple[str, ...] | None = None):
     if not labels and record.get("system_prompt") != task.system_prompt:
         raise InferenceError(f"{path / TASK_FILE}: field system_prompt differs from the one this "
                              "nerft builds for these labels; serve it with the nerft that exported it")
-    if (path / "adapter").is_dir():
+    if (ExportDir(path).adapter).is_dir():
         from peft import PeftModel
 
         from nerft.model import load_model_and_tokenizer
@@ -52,7 +53,7 @@ def load_served(ref: str, labels: tuple[str, ...] | None = None):
         with warnings.catch_warnings():  # peft calls an API this transformers deprecates
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
                                     category=FutureWarning)
-            model = PeftModel.from_pretrained(base, path / "adapter").merge_and_unload().eval()
+            model = PeftModel.from_pretrained(base, ExportDir(path).adapter).merge_and_unload().eval()
         return model, tokenizer, task, name
     model, tokenizer, _ = load_for_inference(str(path), task.labels)
     return model, tokenizer, task, name

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nerft.config import ADAPTER_KINDS, Config
 from nerft.data.example import Example, read_examples
+from nerft.data.prepared import PreparedData
 from nerft.errors import NerftError
 from nerft.run_dir import RunDir, RunDirError
 
@@ -87,7 +88,7 @@ def parent_validation_rows(config: Config) -> tuple[list[Example], Path]:
     try:
         path = parent.validation_rows_file()
     except RunDirError as e:
-        raise ContinueError(f"init_from: {config.data.dir / 'val.jsonl'} has no rows and {e}") from None
+        raise ContinueError(f"init_from: {PreparedData(config.data.dir).split('val')} has no rows and {e}") from None
     return list(read_examples(path)), path
 
 

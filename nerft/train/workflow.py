@@ -237,8 +237,8 @@ def _setup_data(config: Config, console: Console) -> TrainingRows:
                          f"data.max_empty_share={config.data.max_empty_share} keeps entity-free "
                          "rows only beside rows with one; annotate entities or set data.max_empty_share=null")
     if not train_rows or not val_rows:
-        raise TrainError(f"{config.data.dir}: train.jsonl and val.jsonl must both have rows (with "
-                         "init_from, an empty val.jsonl means the parent's validation rows)")
+        raise TrainError(f"{data.split('train')} and {data.split('val')} must both have rows "
+                         "(with init_from, an empty validation split means the parent's validation rows)")
     return TrainingRows(train_rows, val_rows, val_path, sampled)
 
 
