@@ -48,8 +48,9 @@ def predict(
     """
     from nerft.cli.common import fail
     from nerft.data.example import write_jsonl
-    from nerft.infer.predict import InferenceError, load_for_inference, predict as run_predict
+    from nerft.infer.predict import InferenceError, predict as run_predict
     from nerft.infer.predict import read_sentences
+    from nerft.loader import load_model
     from nerft.model import ModelSourceError
 
     err = Console(stderr=True)
@@ -84,8 +85,8 @@ def predict(
             import torch
 
             torch.set_num_threads(threads)
-        loaded, tokenizer, task = load_for_inference(run_or_model, label_set,
-                                                     trust_remote_code=trust_remote_code)
+        loaded, tokenizer, task = load_model(run_or_model, labels=label_set,
+                                             trust_remote_code=trust_remote_code)
     except (InferenceError, ModelSourceError) as e:
         fail(str(e))
     except OSError as e:  # unreadable files, broken adapter folders

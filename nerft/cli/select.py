@@ -39,8 +39,9 @@ def select(
     from rich.progress import Progress
 
     from nerft.data.example import write_jsonl
-    from nerft.infer.predict import InferenceError, load_for_inference, read_sentences
+    from nerft.infer.predict import InferenceError, read_sentences
     from nerft.infer.select import rank_uncertain
+    from nerft.loader import load_model
     from nerft.model import ModelSourceError
 
     if out.exists() and out.resolve() == input.resolve():
@@ -49,8 +50,8 @@ def select(
         rows = list(read_sentences(input))
         if not rows:
             raise InferenceError(f"{input}: no sentences")
-        model_, tokenizer, task = load_for_inference(
-            model, tuple(x.strip() for x in labels.split(",")) if labels else None,
+        model_, tokenizer, task = load_model(
+            model, labels=tuple(x.strip() for x in labels.split(",")) if labels else None,
             trust_remote_code=trust_remote_code)
     except (InferenceError, ModelSourceError) as e:
         fail(str(e))

@@ -136,17 +136,17 @@ def predict_data_sets(model_ref: str, data_sets: list[tuple[str, list[Example]]]
                       trust_remote_code: bool = False) -> list[list[list[Span]]]:
     """Spans each data set's sentences get from one model (loaded once, then released). A run
     keeps its own labels; `fallback_labels` (the data's) are for a model that has none."""
-    from nerft.infer.generate import AnswerGenerator
-    from nerft.infer.predict import load_for_inference
-    from nerft.prompt import parse_answer
+    from nerft.infer.generate import AnswerGenerator, DecodeOptions
+    from nerft.infer.predict import predict_rows
+    from nerft.loader import load_model
 
-    model, tokenizer, task = load_for_inference(model_ref, fallback_labels=fallback_labels,
-                                                trust_remote_code=trust_remote_code)
+    model, tokenizer, task = load_model(model_ref, fallback_labels=fallback_labels,
+                                        trust_remote_code=trust_remote_code)
     generator = AnswerGenerator(model, tokenizer, task)
+    options = DecodeOptions(batch_size=batch_size, constrained=constrained)
     out = []
     for _, examples in data_sets:
-        answers = generator.generate([ex.text for ex in examples], batch_size=batch_size,
-                                     constrained=constrained)
-        out.append([task.parse_answer(a, ex.text).spans for a, ex in zip(answers, examples)])
+        decoded = predict_rows(generator, [(ex.id, ex.text) for ex in examples], options)
+        out.append([d.entities for d in decoded])
     del model, generator
     return out

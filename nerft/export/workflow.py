@@ -8,7 +8,6 @@ passed, so a failed export never leaves a folder that looks usable.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,26 +56,13 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
 
 
 def _load_run_model(src: RunSource):
-    """(model, tokenizer) as the run uses it, in float32 on CPU: an unmerged PeftModel for adapters."""
-    from nerft.model import load_model_and_tokenizer, resolve_model
+    """(model, tokenizer) as the run uses it, in float32 on CPU: an unmerged PeftModel for
+    adapters (the parity reference the merged copy is checked against)."""
+    from nerft.loader import load_model
 
-    if not src.is_adapter:  # full fine-tuning saved the whole model; the base gives the tokenizer
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        kwargs = {"trust_remote_code": True} if src.trust_remote_code else {}
-        has_tokenizer = (src.weights / "tokenizer_config.json").is_file()
-        tokenizer = AutoTokenizer.from_pretrained(
-            src.weights if has_tokenizer else resolve_model(src.base, **kwargs), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(src.weights, dtype=torch.float32, **kwargs)
-        return model.eval(), tokenizer
-    from peft import PeftModel
-
-    base, tokenizer = load_model_and_tokenizer(src.base, dtype="float32", device="cpu",
-                                               trust_remote_code=src.trust_remote_code)
-
-    with warnings.catch_warnings():  # peft calls an API this transformers deprecates: not ours
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return PeftModel.from_pretrained(base, src.weights).eval(), tokenizer
+    model, tokenizer, _ = load_model(str(src.run), merge=False, dtype="float32", device="cpu",
+                                     trust_remote_code=src.trust_remote_code)
+    return model, tokenizer
 
 
 def _probe_texts(src: RunSource, probes: int) -> list[str]:

@@ -8,11 +8,17 @@ outputs. nerft registers its own attention function (`nerft_sdpa`): called with
 `nerft_grouped_kv=True` on CPU it lets SDPA share each key/value head among its query heads
 (`enable_gqa`); otherwise it is transformers' own SDPA. The decoder passes the flag on its
 own calls only, so training and other callers compute exactly what they did before.
+
+No hidden state: the function is registered on the first decode (importing this module
+changes nothing), and the model is switched to it only while `Decoder.active()` holds, then
+back to the implementation the caller had.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from transformers import AttentionInterface
@@ -37,9 +43,11 @@ def _grouped_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0
                                   scaling=scaling, is_causal=is_causal, **kwargs)
 
 
-# A new name beside transformers' own (nothing existing changes meaning); the mask is SDPA's.
-AttentionInterface.register(GROUPED_SDPA, _grouped_sdpa_forward)
-AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+def _register_grouped_sdpa() -> None:
+    """Register `nerft_sdpa` with transformers (again is harmless): a new name beside its own
+    (nothing existing changes meaning); the mask is SDPA's."""
+    AttentionInterface.register(GROUPED_SDPA, _grouped_sdpa_forward)
+    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
 
 
 def _unwrap(model):
@@ -76,13 +84,27 @@ class Decoder:
         self.eot = end_of_turn_id(self.tokenizer)
         self.stop_ids = stop_token_ids(self.tokenizer, getattr(self.lm, "generation_config", None))
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot
-        # On CPU, SDPA models switch to the same SDPA under nerft's name so the decoder's own
-        # calls can ask for grouped heads (see the module docstring).
-        self.call_kwargs: dict = {}
-        if self.device.type == "cpu" and self.lm.config._attn_implementation in ("sdpa", GROUPED_SDPA):
-            if self.lm.config._attn_implementation != GROUPED_SDPA:
-                self.lm.set_attn_implementation(GROUPED_SDPA)
-            self.call_kwargs = {"nerft_grouped_kv": True}
+        self.call_kwargs: dict = {}  # set while `active()` holds
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Decode inside this: on CPU, an SDPA model runs the same SDPA under nerft's name so
+        the decoder's own calls can ask for grouped heads (see the module docstring); the
+        model's own attention implementation is back when the block ends."""
+        before = self.lm.config._attn_implementation
+        if self.device.type != "cpu" or before not in ("sdpa", GROUPED_SDPA):
+            yield
+            return
+        _register_grouped_sdpa()
+        if before != GROUPED_SDPA:
+            self.lm.set_attn_implementation(GROUPED_SDPA)
+        self.call_kwargs = {"nerft_grouped_kv": True}
+        try:
+            yield
+        finally:
+            self.call_kwargs = {}
+            if before != GROUPED_SDPA:
+                self.lm.set_attn_implementation(before)
 
     @property
     def device(self) -> torch.device:

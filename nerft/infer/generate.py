@@ -44,12 +44,14 @@ class DecodeOptions:
 
 
 @dataclass
-class Decoded:
-    """Answer ids (stop token removed), answer texts, and counters for benchmarks."""
+class Answers:
+    """The raw answers of one call, in input order: ids (stop token removed), texts, prompt
+    lengths, and counters for benchmarks. `nerft.infer.predict.predict_rows` parses them."""
 
     ids: list[list[int]]
     answers: list[str]
     stats: dict[str, int] = field(default_factory=dict)  # decoder steps, guessed and kept tokens
+    prompt_tokens: list[int] = field(default_factory=list)
 
 
 class AnswerGenerator:
@@ -97,7 +99,7 @@ class AnswerGenerator:
 
     @torch.no_grad()
     def decode(self, texts: list[str], options: DecodeOptions | None = None,
-               progress: Callable[[int], None] | None = None) -> Decoded:
+               progress: Callable[[int], None] | None = None) -> Answers:
         """Decode `texts` with `options` (default: this generator's).
 
         Continuous batching: up to `batch_size` rows decode together, and when a quarter of
@@ -107,20 +109,21 @@ class AnswerGenerator:
         """
         options = options or self.defaults
         if not texts:
-            return Decoded([], [])
+            return Answers([], [])
+        prompts = encode_prompts(self.tokenizer, self.task, texts)
         with self._lock:
             was_training = self.model.training
             self.model.eval()
             try:
-                ids, stats = self._decode_all(texts, options, progress)
+                with self.decoder.active():
+                    ids, stats = self._decode_all(texts, prompts, options, progress)
             finally:
                 if was_training:
                     self.model.train()
         answers = [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
-        return Decoded(ids, answers, stats)
+        return Answers(ids, answers, stats, [len(p) for p in prompts])
 
-    def _decode_all(self, texts, options: DecodeOptions, progress):
-        prompts = encode_prompts(self.tokenizer, self.task, texts)
+    def _decode_all(self, texts, prompts, options: DecodeOptions, progress):
         # Shortest prompts first: rows admitted together pad little.
         queue = deque(sorted(range(len(texts)), key=lambda i: len(prompts[i])))
         answers: list[list[int]] = [[] for _ in texts]

@@ -21,7 +21,8 @@ import torch
 
 from nerft.data.example import Span
 from nerft.infer.constrain import AnswerConstraint
-from nerft.infer.generate import AnswerGenerator
+from nerft.infer.generate import AnswerGenerator, DecodeOptions
+from nerft.infer.predict import predict_rows
 from nerft.infer.stopping import answer_token_budget
 from nerft.chat import encode_prompts
 from nerft.prompt import Task
@@ -77,17 +78,15 @@ def rank_uncertain(model, tokenizer, task: Task, rows: list[tuple[str, str]], *,
                    batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[Scored]:
     """Every (id, text) row scored, most uncertain first (ties keep input order)."""
     generator = AnswerGenerator(model, tokenizer, task)
-    texts = [t for _, t in rows]
-    answer_ids = generator.generate_ids(texts, batch_size=batch_size, constrained=True)
+    decoded = predict_rows(generator, rows, DecodeOptions(batch_size=batch_size, constrained=True))
     scored = []
-    for (rid, text), ids in zip(rows, answer_ids):
-        margins, where = decision_margins(model, tokenizer, task, text, ids, generator.decoder.eot)
-        answer = tokenizer.decode(ids, skip_special_tokens=True)
+    for d in decoded:
+        margins, where = decision_margins(model, tokenizer, task, d.text, d.ids, generator.decoder.eot)
         low = min(range(len(margins)), key=margins.__getitem__) if margins else None
         scored.append(Scored(
-            rid, text, answer, task.parse_answer(answer, text).spans,
+            d.id, d.text, d.answer, d.entities,
             margins[low] if low is not None else math.inf, len(margins),
-            tokenizer.decode(ids[:where[low]], skip_special_tokens=True) if low is not None else ""))
+            tokenizer.decode(d.ids[:where[low]], skip_special_tokens=True) if low is not None else ""))
         if progress is not None:
             progress(1)
     return sorted(scored, key=lambda s: s.margin)

@@ -13,7 +13,6 @@ parent's, token for token), then labels of the new data it never saw.
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from nerft.config import ADAPTER_KINDS, Config
 from nerft.data.example import Example, read_examples
 from nerft.data.prepared import PreparedData
 from nerft.errors import NerftError
+from nerft.loader import InferenceError, describe, init_adapter
 from nerft.run_dir import RunDir, RunDirError
 
 
@@ -59,7 +59,15 @@ def start(config: Config, new_rows: list[Example], data_labels: tuple[str, ...],
     if parent is None:
         return None
     lineage = plan(parent, config, new_rows, data_labels)
-    lineage.source, lineage.tokenizer_folder = starting_source(lineage, config)
+    check_kinds(lineage.parent_kind, config.method.kind)
+    try:  # what the one loader would load for the parent: its base (+ adapter) or full weights
+        start_from = describe(str(parent.path), trust_remote_code=config.model.trust_remote_code)
+    except InferenceError as e:
+        raise ContinueError(f"init_from: {e}") from None
+    lineage.source, lineage.tokenizer_folder = start_from.weights, start_from.tokenizer_folder
+    # An adapter only fits the model it was trained on: the child's config.yaml records the
+    # parent's base model, whatever model.source it was given.
+    config.model.source = child_model_source(lineage)
     lineage.info = lineage.record(len(new_rows))
     new = f"; labels it never saw: {', '.join(lineage.new_labels)}" if lineage.new_labels else ""
     console.print(f"init_from {parent.path} ({lineage.parent_kind} on {config.model.source}): "
@@ -125,44 +133,41 @@ def plan(parent: RunDir, config: Config, new_rows: list[Example],
     return Lineage(parent, parent_labels + new_labels, new_labels, replay, share, kind)
 
 
-def starting_source(lineage: Lineage, config: Config) -> tuple[str, Path | None]:
-    """(model source to load, tokenizer folder or None) for the child, and the child's
-    model.source set to the parent's base (an adapter only fits the model it was trained on)."""
-    from nerft.model import resolve_model
-
-    parent_model = lineage.parent.model_config()
-    config.model.source = parent_model.source  # recorded in the child's config.yaml
-    child_kind = config.method.kind
-    if lineage.parent_kind in ADAPTER_KINDS:
-        if child_kind in ADAPTER_KINDS and child_kind != lineage.parent_kind:
-            raise ContinueError(f"init_from: the parent trained a {lineage.parent_kind} adapter; "
-                                f"set method.kind={lineage.parent_kind} (or full/freeze to merge it)")
-        return parent_model.source, None
-    if child_kind in ADAPTER_KINDS:
-        raise ContinueError(f"init_from: the parent is a {lineage.parent_kind} fine-tuned model; "
+def check_kinds(parent_kind: str, child_kind: str) -> None:
+    """Refuse a child method that cannot start from the parent's weights."""
+    if parent_kind in ADAPTER_KINDS:
+        if child_kind in ADAPTER_KINDS and child_kind != parent_kind:
+            raise ContinueError(f"init_from: the parent trained a {parent_kind} adapter; "
+                                f"set method.kind={parent_kind} (or full/freeze to merge it)")
+    elif child_kind in ADAPTER_KINDS:
+        raise ContinueError(f"init_from: the parent is a {parent_kind} fine-tuned model; "
                             "continue it with method.kind=full or freeze")
-    weights = lineage.parent.weights()
-    return str(weights), resolve_model(parent_model.source,
-                                       trust_remote_code=config.model.trust_remote_code)
+
+
+def child_model_source(lineage: Lineage) -> str:
+    """The child's model.source: its parent's base model (what its adapter, or the weights it
+    grew from, were trained on)."""
+    try:
+        return lineage.parent.model_config().source
+    except RunDirError as e:
+        raise ContinueError(f"init_from: {e}") from None
 
 
 def continue_model(lineage: Lineage, model, config: Config):
-    """The loaded base prepared for training from the parent's weights: (model, report)."""
+    """The loaded base prepared for training from the parent's weights: (model, report).
+
+    The loaded base is the parent's own model for a full fine-tuning parent; a LoRA/DoRA
+    parent's adapter goes on top through the one loader's `init_adapter`: kept and trainable
+    for an adapter child (its own shape, r and targets: the child's other method settings do
+    not apply), merged for a full/freeze child."""
     from nerft.train.method import TrainableReport, apply_method
 
     if lineage.parent_kind not in ADAPTER_KINDS:  # the parent's full model was loaded as base
         return apply_method(model, config.method)
-    from peft import PeftModel
-
     weights = lineage.parent.weights()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        if config.method.kind in ADAPTER_KINDS:
-            # The parent's adapter keeps its own shape (r, targets): the child's method
-            # settings other than kind do not apply.
-            model = PeftModel.from_pretrained(model, weights, is_trainable=True)
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            total = sum(p.numel() for p in model.parameters())
-            return model, TrainableReport(trainable, total)
-        merged = PeftModel.from_pretrained(model, weights).merge_and_unload()
-    return apply_method(merged, config.method)
+    if config.method.kind in ADAPTER_KINDS:
+        model = init_adapter(model, weights, trainable=True, merge=False)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        return model, TrainableReport(trainable, total)
+    return apply_method(init_adapter(model, weights, trainable=True, merge=True), config.method)

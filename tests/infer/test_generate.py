@@ -247,3 +247,36 @@ def test_a_trained_model_ends_its_answers_itself_without_the_constraint(learned_
             assert ids == out[:-1], text
     right = sum(a == format_answer(ex.entities) for a, ex in zip(decoded.answers, rows))
     assert right >= 0.9 * len(rows)
+
+
+def test_decoding_leaves_the_callers_attention_as_it_was(tiny, sentences):
+    """Decoding switches a CPU SDPA model to nerft's grouped-heads SDPA only while it decodes:
+    the caller's model (a training model under validation, a served model) keeps its own
+    attention implementation afterwards."""
+    from nerft.infer.decoder import GROUPED_SDPA
+    from nerft.infer.predict import predict
+
+    model, tok = tiny
+    before = model.config._attn_implementation
+    assert before == "sdpa"
+    seen = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args: seen.append(model.config._attn_implementation))
+    try:
+        predict(model, tok, TASK, [("x", t) for t in sentences[:3]], batch_size=2)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {GROUPED_SDPA}  # the grouped path did run
+    assert model.config._attn_implementation == before
+
+
+def test_importing_the_decoder_registers_nothing():
+    """The attention function is registered on first decode, not as a side effect of an import."""
+    import subprocess
+    import sys
+
+    code = ("import nerft.infer.generate, nerft.infer.predict\n"
+            "from transformers import AttentionInterface\n"
+            "print('nerft_sdpa' in dict(AttentionInterface()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
