@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from nerft.cli.common import err, fail
+from nerft.cli.common import err
 
 
 def eval_(
@@ -38,27 +38,20 @@ def eval_(
 
     from rich.markup import escape
 
-    from nerft.eval.workflow import EvalInputError, evaluate_model, load_split, model_name, write_outputs
-    from nerft.infer.predict import InferenceError
-    from nerft.model import ModelSourceError
+    from nerft.eval.workflow import evaluate_model, load_split, model_name, write_outputs
     from nerft.run_dir import RunDir
 
-    try:
-        examples, labels = load_split(data, split, limit)
-    except EvalInputError as e:
-        fail(str(e))
+    # Bad data, model or labels are NerftErrors that `nerft.cli` reports in one line.
+    examples, labels = load_split(data, split, limit)
     refs = [model] + ([compare] if compare else [])
     evals = []
     for ref in refs:
-        try:
-            with Progress(console=err, transient=True) as bar:
-                job = bar.add_task(f"predicting with {model_name(ref)}", total=len(examples))
-                evals.append(evaluate_model(ref, examples, labels, name=model_name(ref),
-                                            batch_size=batch_size, constrained=constrain,
-                                            progress=lambda n: bar.advance(job, n),
-                                            trust_remote_code=trust_remote_code))
-        except (EvalInputError, ModelSourceError, InferenceError, ValueError) as e:
-            fail(str(e))
+        with Progress(console=err, transient=True) as bar:
+            job = bar.add_task(f"predicting with {model_name(ref)}", total=len(examples))
+            evals.append(evaluate_model(ref, examples, labels, name=model_name(ref),
+                                        batch_size=batch_size, constrained=constrain,
+                                        progress=lambda n: bar.advance(job, n),
+                                        trust_remote_code=trust_remote_code))
         if evals[-1].unseen_labels:
             err.print(f"[yellow]warning:[/] {model_name(ref)} was not trained on the label(s) "
                       f"{escape(', '.join(evals[-1].unseen_labels))} of this data; their entities "

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-
 import typer
-
-from nerft.cache import FetchError
 
 app = typer.Typer(help="Fetch and inspect base models.", no_args_is_help=True,
                   add_completion=False)
@@ -46,12 +43,9 @@ def fetch(
     """
     from nerft.model import fetch_demo, resolve_model
 
-    try:
-        if source == "demo":
-            folder = fetch_demo(keep_gguf=not delete_gguf)
-        else:
-            folder = resolve_model(source, trust_remote_code=trust_remote_code)
-    except FetchError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    # A source that cannot be fetched is a FetchError: `nerft.cli` reports it in one line.
+    if source == "demo":
+        folder = fetch_demo(keep_gguf=not delete_gguf)
+    else:
+        folder = resolve_model(source, trust_remote_code=trust_remote_code)
     typer.echo(str(folder))
