@@ -35,10 +35,18 @@ def server(start_server):
                          "--max-texts", "4"])
 
 
+FEEDBACK_KEYS = ("alice-feedback-key", "bob-feedback-key")
+
+
 @pytest.fixture(scope="session")
-def keyed_server(start_server):
-    """API key from the environment; at most 2 sentences queued, one request per decode."""
-    return start_server(["--max-queue", "2", "--no-batching"], env={"NERFT_API_KEY": API_KEY})
+def keyed_server(start_server, tmp_path_factory):
+    """API key from the environment; at most 2 sentences queued, one request per decode;
+    corrections (to `.feedback_log`) need one of FEEDBACK_KEYS."""
+    log = tmp_path_factory.mktemp("keyed-logs") / "keyed.jsonl"
+    server = start_server(["--max-queue", "2", "--no-batching", "--feedback", str(log),
+                           "--feedback-key", ",".join(FEEDBACK_KEYS)], env={"NERFT_API_KEY": API_KEY})
+    server.feedback_log = log
+    return server
 
 
 # The web page in a real headless Chromium (Debian's `chromium` + `chromium-driver`).

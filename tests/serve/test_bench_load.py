@@ -1,4 +1,6 @@
-"""`python -m bench.load` runs end to end (tiny run, 2 s per client count) with no errors."""
+"""`python -m bench.load` runs end to end (tiny run, 2 s per client count) with no errors, and
+its hostile row (issue 28): normal clients beside a hostile one see no error and keep their
+latency."""
 
 import json
 
@@ -14,22 +16,16 @@ def test_percentile_is_nearest_rank():
 def test_load_bench_on_the_tiny_run(tiny_lora_run, tmp_path):
     out = tmp_path / "load.json"
     rows = main([str(tiny_lora_run), "--clients", "1,4", "--seconds", "2", "--out", str(out),
-                 "--serve-args", "--max-wait-ms 20"])
-    assert [(r["batching"], r["clients"]) for r in rows] == [("on", 1), ("off", 1), ("on", 4), ("off", 4)]
+                 "--serve-args", "--max-wait-ms 20", "--hostile", "--hostile-clients", "4"])
+    assert [(r["batching"], r["clients"], r.get("row")) for r in rows] == [
+        ("on", 1, None), ("off", 1, None), ("on", 4, None), ("off", 4, None),
+        ("on", 4, "calm"), ("on", 4, "hostile")]
     for r in rows:
         assert r["errors"] == 0 and r["requests"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert r["decode_calls"] >= 1
     off4 = rows[3]
     assert off4["mean_batch"] == 1.0  # without batching every request is its own decode call
     assert json.loads(out.read_text(encoding="utf-8"))["rows"] == rows
-
-
-def test_hostile_row_on_the_tiny_run(tiny_lora_run, tmp_path):
-    """Issue 28: normal clients beside a hostile one see no error and keep their latency."""
-    out = tmp_path / "load.json"
-    rows = main([str(tiny_lora_run), "--clients", "1", "--seconds", "2", "--batching", "on",
-                 "--hostile", "--hostile-clients", "4", "--out", str(out),
-                 "--serve-args", "--max-wait-ms 20"])
     calm, hostile = rows[-2:]
     assert (calm["row"], hostile["row"]) == ("calm", "hostile")
     assert hostile["errors"] == 0 and hostile["requests"] > 0

@@ -11,9 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.serve.conftest import API_KEY
-
-FEEDBACK_KEYS = ("alice-feedback-key", "bob-feedback-key")
+from tests.serve.conftest import API_KEY, FEEDBACK_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +25,6 @@ def open_server(start_server, logs):
     return start_server(["--max-request-chars", "600",
                          "--feedback", str(logs / "open.jsonl"),
                          "--log-requests", str(logs / "requests.jsonl")])
-
-
-@pytest.fixture(scope="module")
-def keyed_feedback_server(start_server, logs):
-    """API key, and one feedback key per writer."""
-    return start_server(["--feedback", str(logs / "keyed.jsonl"),
-                         "--feedback-key", ",".join(FEEDBACK_KEYS)],
-                        env={"NERFT_API_KEY": API_KEY})
 
 
 def bearer(key):
@@ -157,10 +147,10 @@ def test_corrections_are_checked_as_prepare_will_and_say_who_and_when(open_serve
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_feedback_keys_say_who_and_nobody_silently_replaces_another(keyed_feedback_server, logs):
+def test_feedback_keys_say_who_and_nobody_silently_replaces_another(keyed_server):
     """Item 5: with --feedback-key, the API key alone cannot write; a correction of a sentence
     another writer corrected needs "replace": true."""
-    url = keyed_feedback_server.url + "/v1/feedback"
+    url = keyed_server.url + "/v1/feedback"
     alice, bob = (bearer(k) for k in FEEDBACK_KEYS)
     body = {"text": "孙七在广州。", "entities": [{"text": "孙七", "label": "人名"}]}
     refused = requests.post(url, json=body, headers=bearer(API_KEY), timeout=10)
@@ -173,25 +163,25 @@ def test_feedback_keys_say_who_and_nobody_silently_replaces_another(keyed_feedba
     assert clash.status_code == 409 and "already corrected by key-" in clash.json()["detail"]
     replaced = requests.post(url, json={**body, "replace": True}, headers=bob, timeout=10)
     assert replaced.status_code == 200 and replaced.json()["replaces"] == again.json()["id"]
-    log_text = (logs / "keyed.jsonl").read_text("utf-8")
+    log_text = keyed_server.feedback_log.read_text("utf-8")
     rows = [json.loads(line) for line in log_text.splitlines()]
     assert [r["by"] for r in rows] == [first.json()["by"]] * 2 + [replaced.json()["by"]]
     assert rows[0]["by"] != rows[2]["by"] and rows[0]["by"].startswith("key-")
     assert not any(k in log_text for k in (*FEEDBACK_KEYS, API_KEY))  # fingerprints, never keys
 
 
-def test_health_shows_log_paths_only_with_the_key(open_server, keyed_feedback_server, logs):
+def test_health_shows_log_paths_only_with_the_key(open_server, keyed_server, logs):
     """Item 8: /health needs no key, so it names the log files without their folders."""
     open_health = requests.get(open_server.url + "/health", timeout=5).json()
     assert open_health["logging"]["feedback"]["file"] == "open.jsonl"
     assert str(logs) not in json.dumps(open_health)
-    anonymous = requests.get(keyed_feedback_server.url + "/health", timeout=5).json()
+    anonymous = requests.get(keyed_server.url + "/health", timeout=5).json()
     assert anonymous["logging"]["feedback"]["file"] == "keyed.jsonl"
-    keyed = requests.get(keyed_feedback_server.url + "/health", headers=bearer(API_KEY), timeout=5)
-    assert keyed.json()["logging"]["feedback"]["file"] == str(logs / "keyed.jsonl")
+    keyed = requests.get(keyed_server.url + "/health", headers=bearer(API_KEY), timeout=5)
+    assert keyed.json()["logging"]["feedback"]["file"] == str(keyed_server.feedback_log)
 
 
-def test_without_a_key_only_loopback_host_names_are_answered(open_server, keyed_feedback_server):
+def test_without_a_key_only_loopback_host_names_are_answered(open_server, keyed_server):
     """Item 8: a DNS-rebinding page sends its own name as Host; refused when no key guards."""
     url = open_server.url
     port = url.rsplit(":", 1)[1]
@@ -203,6 +193,6 @@ def test_without_a_key_only_loopback_host_names_are_answered(open_server, keyed_
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
         assert requests.get(url + "/v1/task", headers={"Host": host}, timeout=10).status_code == 200
     # With a key, the key is the guard: any Host.
-    keyed = requests.get(keyed_feedback_server.url + "/v1/task", timeout=10,
+    keyed = requests.get(keyed_server.url + "/v1/task", timeout=10,
                          headers={"Host": "nerft.example", **bearer(API_KEY)})
     assert keyed.status_code == 200
