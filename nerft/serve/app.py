@@ -246,7 +246,8 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
     async def task_info():
         return {"model": settings.model_name, "labels": list(task.labels),
                 "system_prompt": task.system_prompt,
-                "limits": {"max_text_chars": settings.max_text_chars, "max_texts": settings.max_texts}}
+                "limits": {"max_text_chars": settings.max_text_chars, "max_texts": settings.max_texts,
+                           "max_request_chars": settings.max_request_chars}}
 
     @app.post("/v1/ner", summary="Entities of one or more sentences")
     async def ner(body: NerRequest, request: Request, response: Response):

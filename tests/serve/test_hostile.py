@@ -2,7 +2,6 @@
 refused cheaply with a status and a field name, and the service keeps answering everyone else."""
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +10,7 @@ import time
 import pytest
 import requests
 
+from bench.load import chunked_upload
 from tests.serve.conftest import API_KEY, FEEDBACK_KEYS
 
 
@@ -65,34 +65,6 @@ def test_feedback_flood_is_refused_and_health_keeps_answering(open_server):
     assert full.status_code == 200, full.text
     assert [e["start"] for e in full.json()["entities"]] == list(range(256))
     assert time.monotonic() - started < 3
-
-
-def chunked_upload(url: str, total: int) -> tuple[int, str]:
-    """POST /v1/ner with `total` bytes in 64 KB chunks and no Content-Length; the status line
-    and body the server answers, read without ever finishing the upload."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=20) as s:
-        s.sendall(b"POST /v1/ner HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
-        chunk = b" " * 65536
-        sent = 0
-        try:
-            while sent < total:
-                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-                sent += len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered and closed before the upload ended
-        reply = b""
-        try:
-            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
-                data = s.recv(65536)
-                if not data:
-                    break
-                reply += data
-        except ConnectionResetError:
-            pass
-    head, _, body = reply.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 def test_a_chunked_body_over_the_cap_is_refused_as_it_arrives(open_server):
