@@ -23,13 +23,7 @@ from nerft.prompt import Task
 from nerft.serve.batcher import Batcher, Draining, QueueFull
 from nerft.serve.feedback import Feedback, FeedbackRequest, encoding_problem, key_fingerprint
 from nerft.serve.guard import DISCONNECTED, BodyCap, given_key, host_name, key_matches
-from nerft.serve.metrics import ServiceMetrics
-
-ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/task", "/v1/ner", "/v1/feedback",
-          "/v1/chat/completions", "/docs", "/openapi.json")
-ERROR_KINDS = {401: "unauthorized", 403: "forbidden_host", 404: "not_found", 409: "conflict",
-               413: "too_large", 422: "invalid", 499: "client_gone", 503: "unavailable",
-               504: "timeout"}
+from nerft.serve.metrics import ERROR_KINDS, ROUTES, ServiceMetrics
 
 
 @dataclass
@@ -223,8 +217,7 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
         return await call_next(request)
 
     # Added last, so it is the outermost layer: it sees the server's own receive channel.
-    app.add_middleware(BodyCap, max_bytes=settings.body_cap,
-                       on_refused=service.metrics.errors.labels("too_large").inc)
+    app.add_middleware(BodyCap, max_bytes=settings.body_cap, on_refused=service.metrics.refused)
 
     @app.get("/health", summary="Liveness; never needs the API key")
     async def health(request: Request):

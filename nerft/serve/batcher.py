@@ -103,8 +103,14 @@ class Batcher:
                 raise Draining("the service is shutting down")
             if not self.alive:
                 raise Draining("the decode worker has stopped; restart the service")
-            if self._pending and self._pending + len(texts) > self.max_queue:
-                raise QueueFull(f"{self._pending} sentences already queued (limit {self.max_queue})")
+            # Requests of more than one call's worth may fill only half the queue, so that a few
+            # of them never leave the one-sentence requests of everyone else without room.
+            big = len(texts) > self.max_batch
+            limit = max(self.max_queue // 2, 1) if big else self.max_queue
+            if self._pending and self._pending + len(texts) > limit:
+                raise QueueFull(f"{self._pending} sentences already queued (limit {limit}"
+                                + (f" for requests of more than {self.max_batch}" if big else "")
+                                + ")")
             job = _Job(list(texts))
             self._jobs.append(job)
             self._pending += len(job.texts)

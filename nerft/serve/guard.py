@@ -46,8 +46,8 @@ def host_name(header: str) -> str:
 class BodyCap:
     """ASGI middleware: 413 once a request body passes `max_bytes`, counted as it arrives."""
 
-    def __init__(self, app, max_bytes, on_refused=lambda: None):
-        # max_bytes(path) -> the cap of that route's body
+    def __init__(self, app, max_bytes, on_refused=lambda path, status: None):
+        # max_bytes(path) -> the cap of that route's body; on_refused(path, status) for metrics
         self.app, self.max_bytes, self.on_refused = app, max_bytes, on_refused
 
     async def __call__(self, scope, receive, send):
@@ -57,18 +57,18 @@ class BodyCap:
         length = headers.get("content-length", "")
         cap = self.max_bytes(scope["path"])
         if length.isdigit() and int(length) > cap:
-            return await self._refuse(send, f"request body of {int(length)} bytes; the limit is "
-                                            f"{cap}")
+            return await self._refuse(scope, send, f"request body of {int(length)} bytes; the "
+                                                   f"limit is {cap}")
         # Read the body here, counting; what passes is replayed to the app in one message.
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away mid-body
-                return await self._refuse(send, "the client closed the request", 400)
+                return await self._refuse(scope, send, "the client closed the request", 400)
             size += len(message.get("body", b""))
             if size > cap:
-                return await self._refuse(send, f"request body of more than {cap} bytes (sent in "
-                                                f"chunks); the limit is {cap}")
+                return await self._refuse(scope, send, f"request body of more than {cap} bytes "
+                                                       f"(sent in chunks); the limit is {cap}")
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
@@ -97,8 +97,8 @@ class BodyCap:
         finally:
             watcher.cancel()
 
-    async def _refuse(self, send, detail: str, status: int = 413) -> None:
-        self.on_refused()
+    async def _refuse(self, scope, send, detail: str, status: int = 413) -> None:
+        self.on_refused(scope["path"], status)
         payload = json.dumps({"detail": detail}).encode()
         # "connection: close": the rest of the body is never read, so the connection cannot
         # carry another request.

@@ -9,6 +9,12 @@ from nerft.serve.batcher import BatchStats
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Route labels (anything else is "other") and error kinds by status code.
+ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/task", "/v1/ner", "/v1/feedback",
+          "/v1/chat/completions", "/docs", "/openapi.json")
+ERROR_KINDS = {401: "unauthorized", 403: "forbidden_host", 404: "not_found", 409: "conflict",
+               413: "too_large", 422: "invalid", 499: "client_gone", 503: "unavailable",
+               504: "timeout"}
 
 
 class ServiceMetrics:
@@ -30,6 +36,11 @@ class ServiceMetrics:
                                  registry=r)
         self.errors = Counter("nerft_errors", "Rejected or failed requests by kind", ["kind"],
                               registry=r)
+
+    def refused(self, path: str, status: int) -> None:
+        """A request answered before it reached the app (the body cap)."""
+        self.requests.labels(path if path in ROUTES else "other", str(status)).inc()
+        self.errors.labels(ERROR_KINDS.get(status, "client_error")).inc()
 
     def batch_stats(self) -> BatchStats:
         def on_batch(n: int, seconds: float) -> None:

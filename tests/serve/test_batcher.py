@@ -149,3 +149,19 @@ def test_without_batching_each_request_is_its_own_call():
     assert [f.result(10) for f in futures] == [["A"], ["B"], ["C"]]
     assert calls == [["a"], ["b"], ["c"]]
     batcher.close(10)
+
+
+def test_big_requests_leave_room_in_the_queue_for_small_ones():
+    """Issue 28 item 4: requests of more than max_batch sentences fill at most half the queue."""
+    calls, gate = [], threading.Event()
+    batcher = Batcher(recording_decode(calls, gate), max_batch=2, max_wait=0, max_queue=8)
+    running = batcher.submit(["a"])
+    until_taken(batcher)
+    big = batcher.submit(["b1", "b2", "b3", "b4"])
+    with pytest.raises(QueueFull, match="limit 4 for requests of more than 2"):
+        batcher.submit(["c1", "c2", "c3", "c4"])
+    small = [batcher.submit([f"s{i}"]) for i in range(4)]  # the other half stays theirs
+    gate.set()
+    assert running.result(10) == ["A"] and big.result(10) == ["B1", "B2", "B3", "B4"]
+    assert [f.result(10) for f in small] == [[f"S{i}"] for i in range(4)]
+    batcher.close(10)

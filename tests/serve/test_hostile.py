@@ -67,12 +67,22 @@ def test_feedback_flood_is_refused_and_health_keeps_answering(open_server):
     assert time.monotonic() - started < 3
 
 
+def too_large_count(url: str, sample: str) -> float:
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_a_chunked_body_over_the_cap_is_refused_as_it_arrives(open_server):
     """Item 2: no Content-Length, 1.5x the cap, never finished: 413, not a wait for the end."""
     cap = 4096 + 64 * (6 * 2000 + 16)
+    refused = 'nerft_requests_total{route="/v1/ner",status="413"}'
+    before = too_large_count(open_server.url, refused)
     status, body = chunked_upload(open_server.url, int(1.5 * cap))
     assert status == 413, body
     assert f"the limit is {cap}" in body and "chunks" in body
+    assert too_large_count(open_server.url, refused) == before + 1  # counted in /metrics
     assert requests.get(open_server.url + "/health", timeout=5).status_code == 200
 
 
