@@ -68,7 +68,9 @@ def test_runs_lists_parents_first_with_scores_size_and_lineage(tmp_path):
     assert {r["name"]: r["parent"] for r in json.loads(res.output)} == {"v1": None, "a/v2": "v1", "broken": None}
     res = CliRunner().invoke(app, [str(root)], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "a/v2" in res.output and "0.7900" in res.output
-    res = CliRunner().invoke(app, [str(tmp_path / "nope")])
+    from nerft.cli import app as nerft_app  # the real command, with its one error handler
+
+    res = CliRunner().invoke(nerft_app, ["runs", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such folder" in res.output
 
 

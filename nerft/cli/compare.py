@@ -41,17 +41,13 @@ def compare(
       nerft compare runs/v1 runs/v2 --data data/ccfbdci --data data/feedback --max-drop 0.5
     """
     from nerft.eval.compare import compare_predictions, gate, predict_data_sets, write_report
-    from nerft.eval.workflow import EvalInputError, load_split, model_name
-    from nerft.infer.predict import InferenceError
-    from nerft.model import ModelSourceError
+    from nerft.eval.workflow import load_split, model_name
 
     names = [str(d) for d in data]
     if len(set(names)) != len(names):
         fail("the same --data was given twice")
-    try:
-        loaded = [load_split(d, split, limit) for d in data]
-    except EvalInputError as e:
-        fail(str(e))
+    # Bad data and unloadable models are NerftErrors that `nerft.cli` reports in one line.
+    loaded = [load_split(d, split, limit) for d in data]
     data_sets = [(d.name if d.is_dir() else d.stem, examples) for d, (examples, _) in zip(data, loaded)]
     labels = next((lb for _, lb in loaded if lb), None)  # for a model that is not a run
     name_a, name_b = model_name(run_a), model_name(run_b)
@@ -60,11 +56,8 @@ def compare(
     preds = []
     for ref in (run_a, run_b):
         err.print(f"decoding {sum(len(x) for _, x in data_sets):,} sentences with {ref}", highlight=False)
-        try:
-            preds.append(predict_data_sets(ref, data_sets, batch_size=batch_size, constrained=constrain,
-                                           fallback_labels=labels, trust_remote_code=trust_remote_code))
-        except (ModelSourceError, InferenceError, ValueError) as e:
-            fail(str(e))
+        preds.append(predict_data_sets(ref, data_sets, batch_size=batch_size, constrained=constrain,
+                                       fallback_labels=labels, trust_remote_code=trust_remote_code))
     results = [compare_predictions(name, examples, pa, pb, seed=seed)
                for (name, examples), pa, pb in zip(data_sets, *preds)]
     verdict = gate(results, max_drop, name_a, name_b)

@@ -8,8 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nerft.cli.common import fail
-
 
 def runs(
     folder: Path = typer.Argument(Path("runs"), help="Folder holding run directories (searched "
@@ -23,13 +21,9 @@ def runs(
       nerft runs
       nerft runs runs/ccfbdci --json
     """
-    from nerft.run_dir import RunDirError
     from nerft.runs import human_size, list_runs, to_json
 
-    try:
-        rows = list_runs(folder)
-    except (RunDirError, OSError, ValueError) as e:
-        fail(str(e))
+    rows = list_runs(folder)  # a missing folder is a RunDirError: `nerft.cli` reports it
     console = Console()
     if as_json:
         print(to_json(rows))

@@ -42,19 +42,16 @@ def select(
     from nerft.infer.predict import InferenceError, read_sentences
     from nerft.infer.select import rank_uncertain
     from nerft.loader import load_model
-    from nerft.model import ModelSourceError
 
     if out.exists() and out.resolve() == input.resolve():
         fail(f"--out {out} is the --input file")
-    try:
-        rows = list(read_sentences(input))
-        if not rows:
-            raise InferenceError(f"{input}: no sentences")
-        model_, tokenizer, task = load_model(
-            model, labels=tuple(x.strip() for x in labels.split(",")) if labels else None,
-            trust_remote_code=trust_remote_code)
-    except (InferenceError, ModelSourceError) as e:
-        fail(str(e))
+    # Unreadable input and unloadable models are NerftErrors that `nerft.cli` reports.
+    rows = list(read_sentences(input))
+    if not rows:
+        raise InferenceError(f"{input}: no sentences")
+    model_, tokenizer, task = load_model(
+        model, labels=tuple(x.strip() for x in labels.split(",")) if labels else None,
+        trust_remote_code=trust_remote_code)
     with Progress(console=err, transient=True) as bar:
         job = bar.add_task("scoring", total=len(rows))
         scored = rank_uncertain(model_, tokenizer, task, rows, batch_size=batch_size,

@@ -85,6 +85,8 @@ def test_compare_a_run_with_itself_passes_with_zero_in_the_interval(cli, learned
         assert ds["delta"] == 0 and ds["ci_low"] <= 0 <= ds["ci_high"]
 
 
-def test_compare_rejects_missing_data(cli, tmp_path):
-    res = cli(["a", "b", "--data", tmp_path / "nope"])
+def test_compare_rejects_missing_data(tmp_path):
+    from nerft.cli import app  # the real command, with its one error handler
+
+    res = CliRunner().invoke(app, ["compare", "a", "b", "--data", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "not found" in res.output
