@@ -51,7 +51,6 @@ def predict(
     from nerft.infer.predict import InferenceError, predict as run_predict
     from nerft.infer.predict import read_sentences
     from nerft.loader import load_model
-    from nerft.model import ModelSourceError
 
     err = Console(stderr=True)
     if (text is None) == (input_file is None):
@@ -87,9 +86,7 @@ def predict(
             torch.set_num_threads(threads)
         loaded, tokenizer, task = load_model(run_or_model, labels=label_set,
                                              trust_remote_code=trust_remote_code)
-    except (InferenceError, ModelSourceError) as e:
-        fail(str(e))
-    except OSError as e:  # unreadable files, broken adapter folders
+    except OSError as e:  # unreadable files, broken adapter folders (NerftErrors: `nerft.cli`)
         fail(f"{run_or_model}: {e}".splitlines()[0])
 
     out = Console()

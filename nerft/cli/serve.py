@@ -81,8 +81,6 @@ def serve(
     import uvicorn
     from transformers.utils import logging as hf_logging
 
-    from nerft.infer.predict import InferenceError
-    from nerft.model import ModelSourceError
     from nerft.serve.app import ServeSettings, create_app
     from nerft.serve.engine import load_served, sentence_decoder
     from nerft.serve.guard import LOOPBACK_NAMES
@@ -92,10 +90,8 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    try:
+    try:  # an unloadable model is a NerftError, which `nerft.cli` reports
         model, tokenizer, task, name = load_served(run_or_model, label_set)
-    except (InferenceError, ModelSourceError) as e:
-        fail(str(e))
     except OSError as e:
         fail(f"{run_or_model}: {e}".splitlines()[0])
     settings = ServeSettings(model_name=name, max_text_chars=max_text_chars, max_texts=max_texts,

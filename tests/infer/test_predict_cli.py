@@ -4,12 +4,10 @@ import json
 
 import pytest
 import torch
-import typer
 import yaml
 from typer.testing import CliRunner
 
 from nerft.infer.predict import load_for_inference
-from nerft.cli.predict import predict
 
 LABELS = ["地点", "人名", "地理实体", "组织"]
 SENTENCE = "国会外有大约200名警察驻守，防止抗议人群闯入国会。"
@@ -17,12 +15,12 @@ SENTENCE = "国会外有大约200名警察驻守，防止抗议人群闯入国�
 
 @pytest.fixture(scope="module")
 def cli():
-    app = typer.Typer()
-    app.command()(predict)
+    from nerft.cli import app  # the real command, with its one error handler
+
     runner = CliRunner()
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # a 2-layer model: threads only add synchronisation
-    yield lambda args, stdin=None: runner.invoke(app, [str(a) for a in args], input=stdin)
+    yield lambda args, stdin=None: runner.invoke(app, ["predict", *map(str, args)], input=stdin)
     torch.set_num_threads(before)
 
 

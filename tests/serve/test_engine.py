@@ -4,13 +4,11 @@ import json
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from nerft.export.workflow import export_run
 from nerft.infer.predict import InferenceError, load_for_inference
 from nerft.serve.engine import load_served, sentence_decoder
-from nerft.cli.serve import serve
 
 TEXTS = ["张三在北京大学读书。", "😀 李四昨天去了上海。"]
 
@@ -48,9 +46,9 @@ def test_exports_serve_the_run_answers(tiny_lora_run, tmp_path, run_answers, mer
 
 @pytest.fixture(scope="module")
 def cli():
-    app = typer.Typer()
-    app.command()(serve)
-    return lambda args: CliRunner().invoke(app, [str(a) for a in args])
+    from nerft.cli import app  # the real command, with its one error handler
+
+    return lambda args: CliRunner().invoke(app, ["serve", *map(str, args)])
 
 
 def test_vllm_backend_without_vllm_fails_in_one_line(cli, tiny_lora_run):
