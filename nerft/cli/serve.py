@@ -68,12 +68,9 @@ def serve(
     if backend not in ("hf", "vllm"):
         fail(f"--backend {backend!r}: choose hf or vllm")
     if backend == "vllm":
-        from nerft.serve.vllm_backend import VllmUnavailable, check_vllm
+        from nerft.serve.vllm_backend import check_vllm
 
-        try:
-            check_vllm()
-        except VllmUnavailable as e:
-            fail(str(e))
+        check_vllm()  # VllmUnavailable, a NerftError, says what is missing
     label_set = tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None
     if labels is not None and not label_set:
         fail("--labels is empty; give names such as 地点,人名,地理实体,组织")

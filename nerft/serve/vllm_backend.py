@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 
+from nerft.errors import NerftError
 
-class VllmUnavailable(Exception):
-    pass
+
+class VllmUnavailable(NerftError):
+    """vLLM cannot run here; the message says what to install (exit code 2)."""
 
 
 def check_vllm() -> None:
