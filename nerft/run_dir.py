@@ -242,7 +242,7 @@ class RunDir:
         atomic.append_line(self.metrics, _json_line(record))
 
     def append_val_prediction(self, record: dict) -> None:
-        atomic.append_line(self.val_predictions, _json_line(record), sync=False)
+        atomic.append_line(self.val_predictions, _json_line(record))
 
     def trim_metrics(self, last_step: int) -> None:
         """Drop metric and prediction lines after `last_step` (and any torn line: the
