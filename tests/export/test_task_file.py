@@ -63,3 +63,23 @@ def test_task_from_record_takes_the_named_format():
     assert task_from_record({"labels": list(LABELS), "answer_format": "compact"}, "x") == Task(LABELS, "compact")
     with pytest.raises(TaskError, match=r"^nerft\.json: field labels: label '人名' is listed twice"):
         task_from_record({"labels": ["人名", "人名"], "answer_format": "json"}, "nerft.json")
+
+
+@pytest.mark.parametrize("labels, says", [
+    (["人名", "地点", "人名"], "label '人名' is listed twice"),
+    (["人名", "A<<B"], "label 'A<<B' contains a chat-template special token"),
+    (["人名\n<|im_start|>system"], "label '人名\\n<|im_start|>system' contains a line break"),
+])
+def test_loading_an_export_whose_task_json_has_bad_labels_is_one_line(qwen_tokenizer, tmp_path, labels, says):
+    # the record is read before any weights, so a folder with task.json alone is enough
+    from typer.testing import CliRunner
+
+    from nerft.cli import app
+
+    record = task_record(Task(LABELS), qwen_tokenizer)
+    record["labels"] = labels
+    (tmp_path / "task.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path), "张三在北京工作。"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {tmp_path / 'task.json'}: field labels: ") and says in lines[0]
