@@ -46,7 +46,7 @@ class AnswerPieces:
 # Private-use placeholders: json.dumps writes them verbatim, and no format writes them itself.
 _TEXT, _LABEL = "\ue000T", "\ue001L"
 
-# How task.json names each format (`kind`), and what one line looks like.
+# The `kind` of lines each format writes, as task.json's `answer` field names it.
 _FORMAT_KINDS = {"json": "json-lines", "compact": "compact-lines"}
 
 
