@@ -247,3 +247,27 @@ def test_compact_answer_format_runs_end_to_end_and_stays_with_the_model(parent, 
         matcher = llguidance.LLMatcher(lltok, grammar)
         ids = tokenizer(p.answer, add_special_tokens=False)["input_ids"]
         assert matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting(), p.answer
+
+
+def test_planning_a_child_reads_its_parent_without_changing_its_config(parent, tmp_path, tiny_model_dir):
+    """The child starts from what the one loader says the parent is, and only `start` assigns
+    the child's config (its model.source becomes the parent's base): the helpers are pure."""
+    from rich.console import Console
+
+    from nerft.loader import describe
+    from nerft.train import continual
+
+    run, data = parent
+    config = _config(data, tmp_path / "another-base", tmp_path / "child")
+    config.init_from = run
+    before = config.model_dump()
+    lineage = continual.plan(continual.open_parent(config), config, [], ("人名", "地点"))
+    continual.check_kinds(lineage.parent_kind, config.method.kind)
+    assert continual.child_model_source(lineage) == str(tiny_model_dir)
+    found = describe(str(run))
+    assert found.weights == str(tiny_model_dir) and found.adapter == RunDir(run).weights()
+    assert config.model_dump() == before
+
+    lineage = continual.start(config, [], ("人名", "地点"), Console(quiet=True))
+    assert (lineage.source, lineage.tokenizer_folder) == (str(tiny_model_dir), None)
+    assert config.model.source == str(tiny_model_dir)
