@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Two worker processes, whole files each (so a file's servers and fixtures start once): the
+# suite waits on subprocesses (servers, trainers, Chromium) as much as it computes.
 test: setup
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # One demo everywhere: the MSRA slice and recipe (nerft/recipes/demo-cpu.yaml) that `nerft demo` fetches
 # and uses by itself, whatever corpora this machine has. Extra options go through DEMO_ARGS,

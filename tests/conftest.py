@@ -78,12 +78,45 @@ def tiny_lora_run(tmp_path_factory, tiny_model_dir):
     return run
 
 
+def pytest_configure(config):
+    # `make test` runs two xdist workers on a 2-core machine: one thread each (and in every
+    # process a test starts) keeps them from fighting over the cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def _shared_by_workers(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this session sees (the base temp folder itself when the
+    suite runs in one process)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def learned_run(tmp_path_factory, shared_data):
     """A tiny Qwen2 fully fine-tuned until it knows 30 real sentences by heart (as in
     tests/train/test_train_e2e.py): (run dir, its data folder, its untrained base model).
-    val.jsonl and test.jsonl hold the training rows, so it scores near 1.0 on them."""
+    val.jsonl and test.jsonl hold the training rows, so it scores near 1.0 on them.
+    Trained once per session: the first worker to need it trains, the others wait and share."""
+    from filelock import FileLock
+
+    root = _shared_by_workers(tmp_path_factory) / "learned"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "done").is_file():
+            _train_learned_run(root, shared_data)
+            (root / "done").write_text("ok\n")
+    from nerft.tiny import tiny_qwen2
+
+    return root / "run", root / "data", tiny_qwen2(layers=2, hidden=128, heads=4, kv_heads=2,
+                                                   intermediate=256)
+
+
+def _train_learned_run(root: Path, shared_data: Path) -> None:
     import json
+    import shutil
 
     from nerft.config import Config
     from nerft.data.example import write_jsonl
@@ -91,7 +124,8 @@ def learned_run(tmp_path_factory, shared_data):
     from nerft.tiny import tiny_qwen2
     from nerft.train.workflow import train
 
-    root = tmp_path_factory.mktemp("learned")
+    shutil.rmtree(root, ignore_errors=True)  # a worker killed mid-training left it half done
+    root.mkdir(parents=True)
     prep = prepare([shared_data / "ccfbdci" / "ccfbdci.jsonl"])
     rows = [ex for ex in prep.splits["train"] if ex.entities and len(ex.text) <= 40][:30]
     data = root / "data"
@@ -111,4 +145,3 @@ def learned_run(tmp_path_factory, shared_data):
     })
     summary = train(config)
     assert summary.best_f1 >= 0.9, "the tiny model did not learn its sentences"
-    return root / "run", data, base
