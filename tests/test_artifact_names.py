@@ -5,9 +5,8 @@ names one of these files elsewhere fails here with the file and line to change."
 
 import ast
 import re
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "nerft"
+from source_scan import modules, string_constants
 
 OWNERS = {
     "nerft/data/prepared.py": ("stats.json", "train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl"),
@@ -26,32 +25,19 @@ ALLOWED = {
 }
 
 
-def _docstrings(tree) -> set[int]:
-    ids = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                ids.add(id(body[0].value))
-    return ids
-
-
 def _allowed(rel: str, text: str) -> bool:
     return any(rel == file and snippet in text for file, snippet in ALLOWED)
 
 
 def test_no_artifact_file_name_outside_its_owner():
     found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE.parent).as_posix()
+    for rel, path, tree in modules():
         if rel in OWNERS:
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = _docstrings(tree)
+        for line, text in string_constants(tree):
+            if NAME.search(text) and not _allowed(rel, text):
+                found.append(f"{rel}:{line}: {text.strip()[:70]!r}")
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
-                if NAME.search(node.value) and not _allowed(rel, node.value):
-                    found.append(f"{rel}:{node.lineno}: {node.value.strip()[:70]!r}")
             if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
                     and isinstance(node.right, ast.Constant) and node.right.value in EXPORT_FOLDERS):
                 found.append(f"{rel}:{node.lineno}: / {node.right.value!r}")

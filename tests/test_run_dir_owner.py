@@ -2,10 +2,7 @@
 names. This reads the package's own source, so a module that builds `RUN / "metrics.jsonl"`
 by hand fails here with the file and line to change."""
 
-import ast
-from pathlib import Path
-
-PACKAGE = Path(__file__).resolve().parents[1] / "nerft"
+from source_scan import modules, string_constants
 
 # Pieces of run-folder names: a string constant containing one (outside docstrings) is a
 # file name built by hand.
@@ -23,35 +20,12 @@ ALLOWED = {
 }
 
 
-def _docstrings(tree: ast.AST) -> set[int]:
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                found.add(id(body[0].value))
-    return found
-
-
-def _string_constants(path: Path):
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = _docstrings(tree)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
-            yield node.lineno, node.value
-
-
-def _modules(*, besides: str):
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE.parent).as_posix()
-        if rel != besides:
-            yield rel, path
-
-
 def test_no_run_file_name_is_spelled_outside_run_dir():
     found = []
-    for rel, path in _modules(besides="nerft/run_dir.py"):
-        for line, text in _string_constants(path):
+    for rel, _, tree in modules():
+        if rel == "nerft/run_dir.py":
+            continue
+        for line, text in string_constants(tree):
             hit = text in RUN_NAMES or any(piece in text for piece in RUN_NAME_PIECES)
             if hit and (rel, text) not in ALLOWED:
                 found.append(f"{rel}:{line}: {text!r}")
