@@ -106,7 +106,9 @@ def test_gradients_match_too(model_and_batch):
 
     packed = grad_of(PackedCollator("shared_prefix")(encoded))
     separate = sum(grad_of(PackedCollator("none")([e])) for e in encoded)
-    assert float((packed - separate).norm() / separate.norm()) < 1e-5
+    # The check is for the packing's mask and positions, not for fp32 summation order: with
+    # one thread per xdist worker the two sums differ by 1.4e-5 (1e-5 held with two threads).
+    assert float((packed - separate).norm() / separate.norm()) < 5e-5
 
 
 def test_prefix_kv_loss_and_gradients_equal_one_by_one(model_and_batch):
@@ -132,7 +134,9 @@ def test_prefix_kv_loss_and_gradients_equal_one_by_one(model_and_batch):
 
     packed = grad_of(batch)
     separate = sum(grad_of(PackedCollator("none")([e])) for e in encoded)
-    assert float((packed - separate).norm() / separate.norm()) < 1e-5
+    # The check is for the packing's mask and positions, not for fp32 summation order: with
+    # one thread per xdist worker the two sums differ by 1.4e-5 (1e-5 held with two threads).
+    assert float((packed - separate).norm() / separate.norm()) < 5e-5
     # guard: with the prefix's keys/values cut from the graph, the gradient differs
     with torch.no_grad():
         cut = prefix_keys_values(model, batch["prefix_ids"], len(encoded))
