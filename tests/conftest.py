@@ -28,6 +28,24 @@ def qwen_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def gbnf_accepts(qwen_tokenizer):
+    """`accepts(grammar, answer)`: whether a GBNF grammar takes the whole answer, token by
+    token, with the real Qwen tokenizer (llguidance, the grammar engine vLLM uses)."""
+    import llguidance
+    import llguidance.hf
+
+    lltok = llguidance.hf.from_tokenizer(qwen_tokenizer)
+
+    def accepts(grammar: str, answer: str) -> bool:
+        matcher = llguidance.LLMatcher(lltok, llguidance.grammar_from("gbnf", grammar))
+        assert not matcher.is_error(), matcher.get_error()
+        ids = qwen_tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
+
+    return accepts
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir():
     """A tiny randomly initialised Qwen2 saved like a real model folder."""
     from nerft.tiny import tiny_qwen2

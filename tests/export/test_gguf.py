@@ -64,20 +64,9 @@ def test_modelfile_renders_the_training_prompt(gguf_export):
     assert modelfile("m.gguf", TASK, ["<|im_end|>"]).count("PARAMETER stop") == 1
 
 
-@pytest.fixture(scope="module")
-def matcher_for(qwen_tokenizer):
-    import llguidance
-    import llguidance.hf
-
-    lltok = llguidance.hf.from_tokenizer(qwen_tokenizer)
-
-    def accepts(grammar: str, answer: str) -> bool:
-        matcher = llguidance.LLMatcher(lltok, llguidance.grammar_from("gbnf", grammar))
-        assert not matcher.is_error(), matcher.get_error()
-        ids = qwen_tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
-
-    return accepts
+@pytest.fixture
+def matcher_for(gbnf_accepts):
+    return gbnf_accepts
 
 
 def test_grammar_accepts_answers_and_rejects_the_rest(gguf_export, matcher_for):

@@ -14,20 +14,9 @@ GOLD = [Span(0, 2, "人名", "张三"), Span(3, 5, "地点", "北京"), Span(7, 
         Span(14, 16, "地点", "北京")]
 
 
-@pytest.fixture(scope="module")
-def accepts(qwen_tokenizer):
-    import llguidance
-    import llguidance.hf
-
-    lltok = llguidance.hf.from_tokenizer(qwen_tokenizer)
-
-    def check(grammar: str, answer: str) -> bool:
-        matcher = llguidance.LLMatcher(lltok, llguidance.grammar_from("gbnf", grammar))
-        assert not matcher.is_error(), matcher.get_error()
-        ids = qwen_tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
-
-    return check
+@pytest.fixture
+def accepts(gbnf_accepts):
+    return gbnf_accepts
 
 
 @pytest.mark.parametrize("answer_format, other", [("compact", "json"), ("json", "compact")])
