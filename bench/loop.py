@@ -53,7 +53,7 @@ def unseen_sentences(demo_data: Path, work: Path, count: int, max_chars: int = 6
     the file) that are in none of the demo's splits."""
     from nerft.data.example import read_examples
     from nerft.data.prepare import prepare
-    from nerft.demo_data import msra_corpus, short_blocks
+    from nerft.demo.data import msra_corpus, short_blocks
 
     seen = {ex.text for split in ("train", "val", "test")
             for ex in read_examples(demo_data / f"{split}.jsonl")}

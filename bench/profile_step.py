@@ -39,8 +39,8 @@ def _rows(n: int, skip: int = 0):
 def nerft_step(source: str, n: int, lora_dropout: float, packing: str = "shared_prefix",
                top_k_layers: int | None = None):
     from nerft.config import MethodConfig
-    from nerft.model import load_model_and_tokenizer
-    from nerft.prompt import Task
+    from nerft.models.base import load_model_and_tokenizer
+    from nerft.task.prompt import Task
     from nerft.train.collate import PackedCollator, answer_only_loss
     from nerft.train.encode import encode_examples
     from nerft.train.method import apply_method

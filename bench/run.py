@@ -90,10 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def model_folder(model: str, tiny_layers: int = 2) -> tuple[str, Path]:
     """(source nerft is given, folder the baseline loads)."""
-    from nerft.model import resolve_model
+    from nerft.models.base import resolve_model
 
     if model == "tiny":
-        from nerft.tiny import tiny_qwen2
+        from tests.tiny import tiny_qwen2
 
         folder = tiny_qwen2(layers=tiny_layers)
         return str(folder), folder
@@ -253,7 +253,7 @@ def main(argv=None) -> dict:
                                          "nerft.infer.stopping.answer_token_budget per sentence"
                                          + (f" capped at {args.max_new_tokens}" if args.quick else "")
                                          + ", "
-                                         "stop tokens nerft.chat.stop_token_ids, no constraint",
+                                         "stop tokens nerft.task.chat.stop_token_ids, no constraint",
                                  "model_generate": eq_hf, "nerft": eq_ours,
                                  **equal_work(eq_hf, eq_ours)}},
         "train_time_gap_s": (ours["f1_at_wall_budget"]["train_seconds"] - base["train_seconds"]

@@ -23,7 +23,7 @@ from bench import baseline
 from bench.instrument import RssSampler, StepLog, instrumented
 from nerft.data.example import Example, read_examples
 from nerft.eval.metrics import score_corpus
-from nerft.prompt import Task, parse_answer
+from nerft.task.prompt import Task, parse_answer
 
 EVAL_BATCH = 16  # nerft's default eval.batch_size, used for every generate_answers call here
 
@@ -83,7 +83,7 @@ def common_reader(spec: dict, model, tokenizer, prompts: list[list[int]], exampl
                   task: Task) -> dict:
     """F1 with the reader both sides share: each side's own prompt, no constraint, greedy
     `model.generate`, nerft's per-sentence budget and stop tokens, `read_answer`."""
-    from nerft.chat import stop_token_ids
+    from nerft.task.chat import stop_token_ids
 
     start = time.perf_counter()
     answers, generated = generate_one_by_one(
@@ -262,7 +262,7 @@ def train_nerft(spec: dict, rss: RssSampler) -> dict:
         tokenise_s = time.perf_counter() - start
 
     val = _load(spec, "val.jsonl")
-    from nerft.chat import encode_prompts
+    from nerft.task.chat import encode_prompts
 
     val_prompts = encode_prompts(tokenizer, task, [ex.text for ex in val])
     with_common = spec.get("common_reader", True)
@@ -305,7 +305,7 @@ def infer(spec: dict, rss: RssSampler, role: str) -> dict:
     from peft import PeftModel
 
     import nerft.infer.generate as generate
-    from nerft.chat import encode_prompts, stop_token_ids
+    from nerft.task.chat import encode_prompts, stop_token_ids
     from nerft.infer.generate import AnswerGenerator, DecodeOptions
 
     task = Task(tuple(spec["labels"]))

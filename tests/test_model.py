@@ -19,8 +19,8 @@ import torch
 from transformers import AutoTokenizer
 
 from nerft.cache import is_complete
-from nerft.model import ModelSourceError, load_model_and_tokenizer, resolve_model
-from nerft.tiny import qwen_tokenizer, tiny_qwen2
+from nerft.models.base import ModelSourceError, load_model_and_tokenizer, resolve_model
+from tiny import qwen_tokenizer, tiny_qwen2
 
 SENTENCES = ["张三在北京大学读书。", "菲律宾总统埃斯特拉达２号透过马尼拉当地电台宣布说。",
              "没有找到任何实体", "上海浦东新区2024年GDP增长5.2%，外滩<tool_call>"]
@@ -291,7 +291,7 @@ def test_remote_code_runs_when_asked(tiny, tmp_path):
     folder = _with_remote_code(tiny, tmp_path / "known", "qwen2")
     env = {**os.environ, "NERFT_REMOTE_CODE_SENTINEL": str(sentinel),
            "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    script = ("from nerft.model import load_model_and_tokenizer\n"
+    script = ("from nerft.models.base import load_model_and_tokenizer\n"
               f"m, _ = load_model_and_tokenizer({str(folder)!r}, trust_remote_code=True)\n"
               "print(type(m).__name__)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -304,7 +304,7 @@ def test_remote_code_runs_when_asked(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_fetch_demo_gives_a_working_qwen2_chat_model():
-    from nerft.model import fetch_demo
+    from nerft.models.base import fetch_demo
 
     folder = fetch_demo(progress=False)
     start = time.perf_counter()
@@ -326,7 +326,7 @@ def test_fetch_demo_gives_a_working_qwen2_chat_model():
 @pytest.mark.slow
 def test_demo_tokenizer_matches_the_tiny_models_tokenizer():
     """Tests run on the tiny tokenizer, the demo on the GGUF one: they must agree."""
-    from nerft.model import fetch_demo
+    from nerft.models.base import fetch_demo
 
     demo = AutoTokenizer.from_pretrained(fetch_demo(progress=False))
     tiny = qwen_tokenizer()

@@ -4,7 +4,7 @@ import pytest
 
 from nerft.data.example import Span, read_examples
 from nerft.data.prepare import prepare
-from nerft.prompt import NO_ENTITY, Task, format_answer, parse_answer
+from nerft.task.prompt import NO_ENTITY, Task, format_answer, parse_answer
 
 SENT = "菲律宾总统埃斯特拉达在马尼拉说，菲律宾人质获救。"
 GOLD = [Span(0, 3, "地理实体", "菲律宾"), Span(5, 10, "人名", "埃斯特拉达"),

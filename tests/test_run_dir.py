@@ -10,7 +10,7 @@ import threading
 import pytest
 from filelock import FileLock
 
-from nerft.run_dir import RunDir, RunDirError
+from nerft.runs.run_dir import RunDir, RunDirError
 
 LINE_BREAKS = "\u2028\u2029\u0085"  # valid raw inside a JSON string; str.splitlines splits on them
 
@@ -94,7 +94,7 @@ def test_a_second_writer_is_refused_by_name(tmp_path):
 def test_the_run_lock_imports_without_fcntl():
     # Windows has no fcntl: the run folder and resume modules must import there.
     code = ("import sys; sys.modules['fcntl'] = None; "
-            "import nerft.run_dir, nerft.train.resume; print('ok')")
+            "import nerft.runs.run_dir, nerft.train.resume; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
 

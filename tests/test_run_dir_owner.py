@@ -1,4 +1,4 @@
-"""Issue 27: `RunDir` (nerft/run_dir.py) is the only code that spells a run folder's file
+"""Issue 27: `RunDir` (nerft/runs/run_dir.py) is the only code that spells a run folder's file
 names. This reads the package's own source, so a module that builds `RUN / "metrics.jsonl"`
 by hand fails here with the file and line to change."""
 
@@ -23,10 +23,10 @@ ALLOWED = {
 def test_no_run_file_name_is_spelled_outside_run_dir():
     found = []
     for rel, _, tree in modules():
-        if rel == "nerft/run_dir.py":
+        if rel == "nerft/runs/run_dir.py":
             continue
         for line, text in string_constants(tree):
             hit = text in RUN_NAMES or any(piece in text for piece in RUN_NAME_PIECES)
             if hit and (rel, text) not in ALLOWED:
                 found.append(f"{rel}:{line}: {text!r}")
-    assert not found, "run file names outside nerft/run_dir.py (ask RunDir):\n" + "\n".join(found)
+    assert not found, "run file names outside nerft/runs/run_dir.py (ask RunDir):\n" + "\n".join(found)

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 from nerft.config import Config
 from nerft.data.example import write_jsonl
 from nerft.atomic import write_json as write_json_atomic
-from nerft.run_dir import init_run_dir
-from nerft.runs import list_runs
+from nerft.runs.run_dir import init_run_dir
+from nerft.runs.listing import list_runs
 from nerft.cli.runs import runs
 
 

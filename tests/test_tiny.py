@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nerft.cache import cache_root, is_complete
-from nerft.tiny import DEFAULT_SYSTEM_PROMPT, qwen_tokenizer, tiny_qwen2
+from tiny import DEFAULT_SYSTEM_PROMPT, qwen_tokenizer, tiny_qwen2
 
 CHINESE = [
     "菲律宾总统埃斯特拉达２号透过马尼拉当地电台宣布说，军方已经营救出了１１名菲律宾人质。",

@@ -34,7 +34,7 @@ def demo(
       nerft demo
       nerft demo --data ../shared/data/ccfbdci/ccfbdci.jsonl --train-rows 160
     """
-    from nerft.demo import DEMO_CONFIG, run_demo
+    from nerft.demo.run import DEMO_CONFIG, run_demo
 
     out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     if (out / "run").exists():

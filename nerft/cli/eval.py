@@ -39,7 +39,7 @@ def eval_(
     from rich.markup import escape
 
     from nerft.eval.workflow import evaluate_model, load_split, model_name, write_outputs
-    from nerft.run_dir import RunDir
+    from nerft.runs.run_dir import RunDir
 
     # Bad data, model or labels are NerftErrors that `nerft.cli` reports in one line.
     examples, labels = load_split(data, split, limit)

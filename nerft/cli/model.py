@@ -41,7 +41,7 @@ def fetch(
     later calls are instant. Progress goes to stderr, so
     `$(nerft model fetch demo)` is the folder.
     """
-    from nerft.model import fetch_demo, resolve_model
+    from nerft.models.base import fetch_demo, resolve_model
 
     # A source that cannot be fetched is a FetchError: `nerft.cli` reports it in one line.
     if source == "demo":

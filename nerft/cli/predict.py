@@ -50,7 +50,7 @@ def predict(
     from nerft.data.example import write_jsonl
     from nerft.infer.predict import InferenceError, predict as run_predict
     from nerft.infer.predict import read_sentences
-    from nerft.loader import load_model
+    from nerft.models.loader import load_model
 
     err = Console(stderr=True)
     if (text is None) == (input_file is None):

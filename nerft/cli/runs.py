@@ -21,7 +21,7 @@ def runs(
       nerft runs
       nerft runs runs/ccfbdci --json
     """
-    from nerft.runs import human_size, list_runs, to_json
+    from nerft.runs.listing import human_size, list_runs, to_json
 
     rows = list_runs(folder)  # a missing folder is a RunDirError: `nerft.cli` reports it
     console = Console()

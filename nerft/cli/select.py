@@ -41,7 +41,7 @@ def select(
     from nerft.data.example import write_jsonl
     from nerft.infer.predict import InferenceError, read_sentences
     from nerft.infer.select import rank_uncertain
-    from nerft.loader import load_model
+    from nerft.models.loader import load_model
 
     if out.exists() and out.resolve() == input.resolve():
         fail(f"--out {out} is the --input file")

@@ -15,7 +15,7 @@ from nerft.atomic import write_text
 from nerft.data.example import Example, Span
 from nerft.eval.errors import ErrorAnalysis, ExampleRecord, analyse, build_records
 from nerft.eval.metrics import MODES, AnswerRates, ModeScores, answer_rates, score_corpus
-from nerft.prompt import ParsedAnswer
+from nerft.task.prompt import ParsedAnswer
 
 __all__ = ["EvalResult", "evaluate", "render_report", "summary_table", "MODES"]
 

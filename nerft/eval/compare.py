@@ -138,7 +138,7 @@ def predict_data_sets(model_ref: str, data_sets: list[tuple[str, list[Example]]]
     keeps its own labels; `fallback_labels` (the data's) are for a model that has none."""
     from nerft.infer.generate import AnswerGenerator, DecodeOptions
     from nerft.infer.predict import predict_rows
-    from nerft.loader import load_model
+    from nerft.models.loader import load_model
 
     model, tokenizer, task = load_model(model_ref, fallback_labels=fallback_labels,
                                         trust_remote_code=trust_remote_code)

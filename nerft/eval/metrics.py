@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from nerft.data.example import Span
-from nerft.prompt import ParsedAnswer
+from nerft.task.prompt import ParsedAnswer
 
 MODES = ("strict", "partial", "type_free")
 

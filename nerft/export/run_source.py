@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nerft.data.prepared import PreparedData
 from nerft.export import ExportError
-from nerft.run_dir import WEIGHT_RECORDS, RunDir, RunDirError
+from nerft.runs.run_dir import WEIGHT_RECORDS, RunDir, RunDirError
 
 
 @dataclass

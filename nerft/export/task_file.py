@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nerft.chat import end_of_turn_id, stop_token_ids as stop_token_set
+from nerft.task.chat import end_of_turn_id, stop_token_ids as stop_token_set
 from nerft.errors import NerftError
 from nerft.export_dir import TASK_FILE, ExportDir, ExportDirError
-from nerft.prompt import Task, TaskError, task_from_record, user_message
+from nerft.task.prompt import Task, TaskError, task_from_record, user_message
 
 TASK_FORMAT = "nerft-task/1"
 
@@ -24,7 +24,7 @@ class TaskFileError(NerftError, ValueError):
 
 
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
-    """nerft's own stop tokens (`nerft.chat.stop_token_ids`), end of turn first: runtimes that
+    """nerft's own stop tokens (`nerft.task.chat.stop_token_ids`), end of turn first: runtimes that
     take one eos id take the first."""
     eot = end_of_turn_id(tokenizer)
     return [eot] + sorted(stop_token_set(tokenizer, generation_config) - {eot})

@@ -19,7 +19,7 @@ from nerft.export.parity import PROBE_SENTENCES, ParityReport, check_parity, ref
 from nerft.export.run_source import RunSource, read_run
 from nerft.export.task_file import stop_token_ids, task_record
 from nerft.export_dir import ExportDir, ExportDirError
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -58,7 +58,7 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
 def _load_run_model(src: RunSource):
     """(model, tokenizer) as the run uses it, in float32 on CPU: an unmerged PeftModel for
     adapters (the parity reference the merged copy is checked against)."""
-    from nerft.loader import load_model
+    from nerft.models.loader import load_model
 
     model, tokenizer, _ = load_model(str(src.run), merge=False, dtype="float32", device="cpu",
                                      trust_remote_code=src.trust_remote_code)
@@ -71,7 +71,7 @@ def _probe_texts(src: RunSource, probes: int) -> list[str]:
 
 def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportResult:
     """The adapter files as trained (byte for byte), with the task record and the model card."""
-    from nerft.model import resolve_model
+    from nerft.models.base import resolve_model
     from transformers import AutoTokenizer, GenerationConfig
 
     folder = resolve_model(src.base, trust_remote_code=src.trust_remote_code)
@@ -137,7 +137,7 @@ def _saved_dtype(src: RunSource, dtype: str) -> str:
     """`auto`: the dtype the base model ships in (its config.json), float32 when it says none."""
     if dtype != "auto":
         return dtype
-    from nerft.model import resolve_model
+    from nerft.models.base import resolve_model
 
     config = json.loads((resolve_model(src.base) / "config.json").read_text(encoding="utf-8"))
     name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
@@ -145,7 +145,7 @@ def _saved_dtype(src: RunSource, dtype: str) -> str:
 
 
 def _check_tokenizer(original, reloaded, texts: list[str], task: Task) -> None:
-    from nerft.chat import render_prompt
+    from nerft.task.chat import render_prompt
 
     for text in texts:
         a = original(render_prompt(original, task, text), add_special_tokens=False)["input_ids"]

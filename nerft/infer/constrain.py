@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from nerft.prompt import Task, escape_string
-from nerft.chat import end_of_turn_id
+from nerft.task.prompt import Task, escape_string
+from nerft.task.chat import end_of_turn_id
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from nerft.chat import end_of_turn_id, stop_token_ids
-from nerft.prompt import Task
+from nerft.task.chat import end_of_turn_id, stop_token_ids
+from nerft.task.prompt import Task
 
 GROUPED_SDPA = "nerft_sdpa"
 

@@ -24,11 +24,11 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from nerft.chat import encode_prompts, shared_prefix_ids
+from nerft.task.chat import encode_prompts, shared_prefix_ids
 from nerft.infer.decoder import Decoder
 from nerft.infer.running_batch import Prefix, RunningBatch, plain_cache
 from nerft.infer.stopping import answer_token_budget
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 
 
 @dataclass(frozen=True)

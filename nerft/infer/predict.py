@@ -10,8 +10,8 @@ from typing import Callable, Iterator
 
 from nerft.data.example import Span
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
-from nerft.loader import DEFAULT_LABELS, InferenceError, LoadedModel, load_model
-from nerft.prompt import ParsedAnswer, Task
+from nerft.models.loader import DEFAULT_LABELS, InferenceError, LoadedModel, load_model
+from nerft.task.prompt import ParsedAnswer, Task
 
 __all__ = ["DEFAULT_LABELS", "Decoded", "InferenceError", "load_for_inference", "predict",
            "predict_rows", "read_sentences"]
@@ -44,7 +44,7 @@ class Decoded:
 def load_for_inference(path_or_source: str, labels: tuple[str, ...] | list[str] | None = None, *,
                        fallback_labels: tuple[str, ...] | None = None,
                        trust_remote_code: bool = False) -> LoadedModel:
-    """`nerft.loader.load_model` for inference, with the labels second (the older call)."""
+    """`nerft.models.loader.load_model` for inference, with the labels second (the older call)."""
     return load_model(path_or_source, labels=labels, fallback_labels=fallback_labels,
                       trust_remote_code=trust_remote_code)
 

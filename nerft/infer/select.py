@@ -24,8 +24,8 @@ from nerft.infer.constrain import AnswerConstraint
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
 from nerft.infer.predict import predict_rows
 from nerft.infer.stopping import answer_token_budget
-from nerft.chat import encode_prompts
-from nerft.prompt import Task
+from nerft.task.chat import encode_prompts
+from nerft.task.prompt import Task
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import weakref
 from collections import Counter
 
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 
 
 def answer_token_budget(text: str) -> int:

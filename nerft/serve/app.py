@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
 
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 from nerft.serve.batcher import Batcher, Draining, QueueFull
 from nerft.serve.feedback import Feedback, FeedbackRequest, encoding_problem, key_fingerprint
 from nerft.serve.guard import DISCONNECTED, BodyCap, given_key, host_name, key_matches

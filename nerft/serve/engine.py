@@ -7,8 +7,8 @@ from pathlib import Path
 
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
 from nerft.infer.predict import Decoded, predict_rows
-from nerft.loader import load_model
-from nerft.prompt import Task
+from nerft.models.loader import load_model
+from nerft.task.prompt import Task
 
 __all__ = ["Decoded", "load_served", "sentence_decoder"]
 
@@ -18,7 +18,7 @@ def load_served(ref: str, labels: tuple[str, ...] | None = None):
 
     An export's `task.json` gives the labels; its system prompt must be the one this nerft
     builds from them, or the service would prompt the model differently from its training
-    (`nerft.loader` checks it).
+    (`nerft.models.loader` checks it).
     """
     path = Path(ref).expanduser()
     name = path.resolve().name if path.exists() else ref

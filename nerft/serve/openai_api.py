@@ -18,7 +18,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from nerft.prompt import user_message
+from nerft.task.prompt import user_message
 
 USER_PREFIX = user_message("")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from transformers import TrainerCallback
 
-from nerft.run_dir import RunDir
+from nerft.runs.run_dir import RunDir
 
 _KEEP = ("loss", "learning_rate", "grad_norm", "eval_loss", "eval_f1", "eval_precision",
          "eval_recall", "eval_parse_rate", "epoch")

@@ -20,8 +20,8 @@ from nerft.config import ADAPTER_KINDS, Config
 from nerft.data.example import Example, read_examples
 from nerft.data.prepared import PreparedData
 from nerft.errors import NerftError
-from nerft.loader import InferenceError, describe, init_adapter
-from nerft.run_dir import RunDir, RunDirError
+from nerft.models.loader import InferenceError, describe, init_adapter
+from nerft.runs.run_dir import RunDir, RunDirError
 
 
 class ContinueError(NerftError):

@@ -1,7 +1,7 @@
 """Encode training conversations with answer-only labels.
 
 Every row is the model's own chat template around the sentence and the gold answer
-(`nerft.chat`, shared with inference); the supervised part is the answer plus the template's
+(`nerft.task.chat`, shared with inference); the supervised part is the answer plus the template's
 end-of-turn token and nothing after it.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nerft.chat import encode_conversations
+from nerft.task.chat import encode_conversations
 from nerft.data.example import Example
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 
 IGNORE = -100
 

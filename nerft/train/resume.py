@@ -17,7 +17,7 @@ from typing import Callable
 
 from nerft.config import Config
 from nerft.errors import NerftError
-from nerft.run_dir import RunDir
+from nerft.runs.run_dir import RunDir
 
 # What the Trainer needs to continue exactly where it stopped.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")

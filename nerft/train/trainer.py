@@ -13,10 +13,10 @@ from nerft.data.example import Example
 from nerft.eval.metrics import score_corpus
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
 from nerft.infer.predict import predict_rows
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 from nerft.train.collate import answer_only_loss
 from nerft.train import ranks
-from nerft.run_dir import RunDir
+from nerft.runs.run_dir import RunDir
 
 
 @dataclass

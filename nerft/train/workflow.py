@@ -16,13 +16,13 @@ from rich.markup import escape
 from nerft.config import ADAPTER_KINDS, Config
 from nerft.data.example import Example
 from nerft.data.prepared import PreparedData
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 from nerft.train import continual
 from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
 from nerft.train.collate import PackedCollator
 from nerft.train.encode import encode_examples
 from nerft.train.method import apply_method
-from nerft.run_dir import RunDir, RunDirError, init_run_dir
+from nerft.runs.run_dir import RunDir, RunDirError, init_run_dir
 from nerft.train import ranks
 from nerft.train.resume import AlreadyFinished, RunStateError, check_resume_config, resume_checkpoint
 from nerft.train.sampling import cap_empty_share
@@ -259,7 +259,7 @@ def _setup_task(config: Config, rows: TrainingRows,
 
 
 def _load_model(config: Config, lineage: continual.Lineage | None):
-    from nerft.model import load_model_and_tokenizer
+    from nerft.models.base import load_model_and_tokenizer
 
     return load_model_and_tokenizer(
         lineage.source if lineage else config.model.source, dtype=config.model.dtype,

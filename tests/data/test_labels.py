@@ -9,7 +9,7 @@ from nerft.data.labels import LabelMapError, parse_label_map
 from nerft.data.prepare import prepare
 from nerft.errors import NerftError
 from nerft.export.task_file import TASK_FORMAT, TaskFileError, read_task, task_of
-from nerft.prompt import Task, TaskError
+from nerft.task.prompt import Task, TaskError
 
 
 def rows_of(out):

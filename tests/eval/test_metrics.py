@@ -9,7 +9,7 @@ from nerft.data.example import Example, Span
 from nerft.data.readers import read_conll
 from nerft.eval import EvalResult, evaluate
 from nerft.eval.metrics import answer_rates, score_corpus
-from nerft.prompt import NO_ENTITY, parse_answer
+from nerft.task.prompt import NO_ENTITY, parse_answer
 
 TEXT = "ABCDEFGHIJKLMNOPQRST"
 

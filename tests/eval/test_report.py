@@ -6,7 +6,7 @@ from rich.console import Console
 from nerft.data.example import Example, Span
 from nerft.eval import evaluate, render_report, summary_table
 from nerft.eval import report as report_module
-from nerft.prompt import parse_answer
+from nerft.task.prompt import parse_answer
 
 TEXT = "小明在<script>alert(1)</script>北京工作"
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from nerft.export import ExportError
 from nerft.export.parity import check_parity, reference_outputs
 from nerft.infer.predict import load_for_inference, predict
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 
 IM_END, END_OF_TEXT = 151_645, 151_643
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from nerft.export.grammar import answer_grammar
 from nerft.export.gguf import modelfile
 from nerft.cli.export import export
-from nerft.prompt import Task, format_answer
+from nerft.task.prompt import Task, format_answer
 from nerft.data.example import Span
-from nerft.chat import render_prompt
+from nerft.task.chat import render_prompt
 
 TASK = Task(("地点", "人名", "地理实体", "组织"))
 

@@ -6,7 +6,7 @@ import pytest
 
 from nerft.data.example import Span
 from nerft.export.grammar import answer_grammar
-from nerft.prompt import NO_ENTITY, Task
+from nerft.task.prompt import NO_ENTITY, Task
 
 LABELS = ("地点", "人名", '书名"号')
 SENTENCE = '张三在北京见到"北京\\人"和北京。'

@@ -8,7 +8,7 @@ import pytest
 from nerft.data.example import Span
 from nerft.errors import NerftError
 from nerft.export.task_file import TaskFileError, check_task_record, read_task, task_of, task_record, write_task
-from nerft.prompt import Task, TaskError, task_from_record
+from nerft.task.prompt import Task, TaskError, task_from_record
 
 LABELS = ("地点", "人名")
 

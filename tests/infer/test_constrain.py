@@ -11,7 +11,7 @@ from nerft.data.example import Span
 from nerft.infer.constrain import AnswerConstraint, AnswerLogitsProcessor, token_bytes
 from nerft.infer.generate import generate_answers
 from nerft.infer.stopping import answer_token_budget
-from nerft.prompt import NO_ENTITY, Task, format_answer, parse_answer
+from nerft.task.prompt import NO_ENTITY, Task, format_answer, parse_answer
 
 TASK = Task(("地点", "人名", "地理实体", "组织"))
 

@@ -7,11 +7,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from nerft.infer.constrain import constrained_factory
-from nerft.chat import render_prompt, shared_prefix_ids
+from nerft.task.chat import render_prompt, shared_prefix_ids
 from nerft.infer.generate import AnswerGenerator, DecodeOptions, generate_answers
 from nerft.infer.stopping import answer_token_budget
 from nerft.infer.running_batch import RunningBatch, lookup
-from nerft.prompt import Task, parse_answer
+from nerft.task.prompt import Task, parse_answer
 
 TASK = Task(("地点", "人名", "地理实体", "组织"))
 
@@ -222,10 +222,10 @@ def test_a_trained_model_ends_its_answers_itself_without_the_constraint(learned_
     """A model that has learned its sentences writes <|im_end|> on its own: with constrained
     decoding off, every answer ends at that stop token, well inside the budget, and the answer
     is the training answer (not a loop cut at the budget)."""
-    from nerft.chat import encode_prompts, stop_token_ids
+    from nerft.task.chat import encode_prompts, stop_token_ids
     from nerft.data.example import read_examples
     from nerft.infer.predict import load_for_inference
-    from nerft.prompt import format_answer
+    from nerft.task.prompt import format_answer
 
     run, data, _ = learned_run
     model, tokenizer, task = load_for_inference(str(run))

@@ -8,7 +8,7 @@ from nerft.data.example import Example
 from nerft.eval.compare import predict_data_sets
 from nerft.infer.predict import Decoded, predict
 from nerft.infer.select import rank_uncertain
-from nerft.loader import load_model
+from nerft.models.loader import load_model
 from nerft.serve.engine import sentence_decoder
 
 # Hand-written; the tiny run's random adapter finds "entities" in some of them and not in others.

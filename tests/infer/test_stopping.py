@@ -7,7 +7,7 @@ import pytest
 
 from nerft.data.example import Span, read_examples
 from nerft.infer.stopping import RepeatedLineGuard, answer_token_budget
-from nerft.prompt import Task, format_answer
+from nerft.task.prompt import Task, format_answer
 
 JSON_TASK = Task(("地点", "人名"))
 

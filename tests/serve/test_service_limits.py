@@ -12,7 +12,7 @@ import requests
 import uvicorn
 
 from bench.live import free_port
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 from nerft.serve.app import ServeSettings, create_app
 from nerft.serve.feedback import Feedback, FeedbackEntity, FeedbackRequest
 

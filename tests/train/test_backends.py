@@ -71,7 +71,7 @@ def test_loss_is_scaled_back_up_by_the_number_of_processes(tmp_path, tiny_model_
     """Under DDP `num_items_in_batch` is summed over processes while gradients are averaged:
     without the scale the gradient would be 1/world_size too small."""
     from nerft.data.example import Example, Span
-    from nerft.prompt import Task
+    from nerft.task.prompt import Task
     from nerft.train.encode import encode_examples
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

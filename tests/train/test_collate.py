@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 from nerft.train.collate import (PackedCollator, answer_only_loss, common_prefix_length,
                                  prefix_keys_values)
 from nerft.train.encode import encode_examples

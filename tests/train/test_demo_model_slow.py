@@ -12,7 +12,7 @@ from nerft.train.workflow import train, validation_subset
 
 @pytest.mark.slow
 def test_demo_model_takes_lora_steps_on_ccfbdci(tmp_path, shared_data):
-    from nerft.model_fetch import fetch_demo
+    from nerft.models.fetch import fetch_demo
 
     fetch_demo(progress=False)
     prep = prepare([shared_data / "ccfbdci" / "ccfbdci.jsonl"])

@@ -1,6 +1,6 @@
 from nerft.data.example import Example, Span
-from nerft.prompt import Task, format_answer
-from nerft.chat import render_prompt
+from nerft.task.prompt import Task, format_answer
+from nerft.task.chat import render_prompt
 from nerft.train.encode import IGNORE, encode_examples
 
 TASK = Task(("地点", "人名", "地理实体", "组织"))

@@ -8,7 +8,7 @@ import pytest
 
 from nerft.config import Config, ConfigError, load_config
 from nerft.data.example import Example, Span, write_jsonl
-from nerft.run_dir import RunDir
+from nerft.runs.run_dir import RunDir
 from nerft.train.continual import ContinueError, replay_rows
 from nerft.train.workflow import TrainError, train
 
@@ -175,7 +175,7 @@ def test_a_full_fine_tuned_parent_is_the_starting_model(learned_run, tmp_path):
     assert abs(_eval_losses(tmp_path / "child")[0] - parent_last) < 1e-5
     assert RunDir(tmp_path / "child").info()["init_from"]["parent_kind"] == "full"
 
-    from nerft.runs import list_runs
+    from nerft.runs.listing import list_runs
 
     (row,) = list_runs(tmp_path)
     assert row.parent == str(parent_run.resolve()) and row.method == "full"
@@ -254,7 +254,7 @@ def test_planning_a_child_reads_its_parent_without_changing_its_config(parent, t
     the child's config (its model.source becomes the parent's base): the helpers are pure."""
     from rich.console import Console
 
-    from nerft.loader import describe
+    from nerft.models.loader import describe
     from nerft.train import continual
 
     run, data = parent

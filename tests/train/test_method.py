@@ -7,7 +7,7 @@ from nerft.train.method import apply_method
 
 @pytest.fixture
 def model(tiny_model_dir):
-    from nerft.tiny import tiny_qwen2
+    from tiny import tiny_qwen2
 
     return AutoModelForCausalLM.from_pretrained(tiny_qwen2(layers=4))
 

@@ -9,7 +9,7 @@ import sys
 from filelock import FileLock
 
 from nerft.atomic import replace_folder
-from nerft.run_dir import RunDir
+from nerft.runs.run_dir import RunDir
 from nerft.train.resume import checkpoint_problems
 
 

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from nerft.config import Config
 from nerft.data.example import Example, Span, write_jsonl
-from nerft.run_dir import RunDir
-from nerft.runs import list_runs
+from nerft.runs.run_dir import RunDir
+from nerft.runs.listing import list_runs
 from nerft.train.resume import RunStateError
 from nerft.train.workflow import train
 

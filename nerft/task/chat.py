@@ -13,7 +13,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
-from nerft.prompt import Task, user_message
+from nerft.task.prompt import Task, user_message
 from nerft.errors import NerftError
 
 # Private-use characters: no template changes them and no sentence is expected to hold them.

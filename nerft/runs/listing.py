@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nerft.run_dir import RunDir, RunDirError
+from nerft.runs.run_dir import RunDir, RunDirError
 
 MAX_DEPTH = 4  # runs/project/variant/run is as deep as people nest them
 

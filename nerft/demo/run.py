@@ -21,7 +21,7 @@ from rich.console import Console
 from nerft.config import Config, load_config
 from nerft.data.prepare import prepare, write_prepared
 from nerft.data.prepared import PreparedData
-from nerft.demo_data import CORPUS_FILES, DemoSlice
+from nerft.demo.data import CORPUS_FILES, DemoSlice
 
 # setuptools installs nerft as plain files (never zipped), so the resource is a real path.
 DEMO_CONFIG = Path(str(resources.files("nerft") / "recipes" / "demo-cpu.yaml"))
@@ -48,9 +48,9 @@ def demo_config(config_path: Path, data_dir: Path, run_dir: Path, *, train_rows:
 def run_demo(out: Path, *, data: list[Path] | None = None, config_path: Path = DEMO_CONFIG,
              train_rows: int | None = None, test_rows: int | None = None, epochs: float | None = None,
              console: Console | None = None) -> dict:
-    from nerft.demo_data import demo_slice
+    from nerft.demo.data import demo_slice
     from nerft.eval.workflow import evaluate_model, write_outputs
-    from nerft.model_fetch import fetch_demo
+    from nerft.models.fetch import fetch_demo
     from nerft.train.workflow import train
 
     console = console or Console(stderr=True)

@@ -41,7 +41,7 @@ from nerft import atomic
 from nerft.config import ANSWER_FORMATS, Config, ModelConfig, dump_config
 from nerft.data.prepared import PreparedData
 from nerft.errors import NerftError
-from nerft.prompt import Task
+from nerft.task.prompt import Task
 
 
 class RunDirError(NerftError):

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from nerft.cache import FetchError, build_atomically, cache_root, is_complete, sha256_file
-from nerft.model_fetch import convert_gguf, fetch_demo
+from nerft.models.fetch import convert_gguf, fetch_demo
 
 __all__ = ["ModelSourceError", "fetch_demo", "load_model_and_tokenizer", "pick_device",
            "pick_dtype", "resolve_model"]
