@@ -52,11 +52,11 @@ def draw_random(pool: list, k: int, seed: int) -> list:
 def select_uncertain(run: Path, pool: list, k: int, batch_size: int) -> tuple[list, list[dict], float]:
     """(the `k` pool rows the base run is least sure of, in pool order; their scores, most
     uncertain first; seconds). The selector sees only ids and texts."""
-    from nerft.infer.predict import load_for_inference
+    from nerft.models.loader import load_model
     from nerft.infer.select import rank_uncertain
 
     started = time.perf_counter()
-    model, tokenizer, task = load_for_inference(str(run))
+    model, tokenizer, task = load_model(str(run))
     scored = rank_uncertain(model, tokenizer, task, [(ex.id, ex.text) for ex in pool],
                             batch_size=batch_size)
     seconds = time.perf_counter() - started

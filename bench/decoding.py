@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nerft.data.example import read_examples
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
-from nerft.infer.predict import load_for_inference
+from nerft.models.loader import load_model
 
 
 def main(argv=None) -> dict:
@@ -27,7 +27,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
     texts = [ex.text for ex in read_examples(args.data / "test.jsonl")][:args.rows]
-    model, tokenizer, task = load_for_inference(args.model)
+    model, tokenizer, task = load_model(args.model)
     result, answers = {"rows": len(texts), "batch_size": args.batch_size}, {}
     for guess in (True, False):
         generator = AnswerGenerator(model, tokenizer, task)

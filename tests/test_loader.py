@@ -75,3 +75,18 @@ def test_bad_export_records_name_the_file_and_field(exports, tmp_path):
         with pytest.raises(InferenceError, match=rf"task\.json: {field}") as caught:
             load_model(str(folder))
         assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_damaged_adapter_weights_are_one_line_not_the_base_model(exports, tmp_path, damage):
+    """Without its weights file PEFT only warns and hands back the untrained base model, which
+    would answer as if trained; a damaged file raised safetensors' own error past the CLI."""
+    import shutil
+
+    folder = tmp_path / damage
+    shutil.copytree(exports["adapter"], folder)
+    weights = folder / "adapter" / "adapter_model.safetensors"
+    weights.unlink() if damage == "missing" else weights.write_bytes(b"\x10" * 100)
+    expected = "weights .* are missing" if damage == "missing" else "weights file is damaged"
+    with pytest.raises(InferenceError, match=expected):
+        load_model(str(folder))

@@ -86,7 +86,7 @@ def predict(
             torch.set_num_threads(threads)
         loaded, tokenizer, task = load_model(run_or_model, labels=label_set,
                                              trust_remote_code=trust_remote_code)
-    except OSError as e:  # unreadable files, broken adapter folders (NerftErrors: `nerft.cli`)
+    except OSError as e:  # an unreadable --input file (a model that will not load: NerftError)
         fail(f"{run_or_model}: {e}".splitlines()[0])
 
     out = Console()

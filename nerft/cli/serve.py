@@ -87,10 +87,8 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    try:  # an unloadable model is a NerftError, which `nerft.cli` reports
-        model, tokenizer, task, name = load_served(run_or_model, label_set)
-    except OSError as e:
-        fail(f"{run_or_model}: {e}".splitlines()[0])
+    # An unloadable model is a NerftError (nerft.models.loader), which `nerft.cli` reports.
+    model, tokenizer, task, name = load_served(run_or_model, label_set)
     settings = ServeSettings(model_name=name, max_text_chars=max_text_chars, max_texts=max_texts,
                              max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
                              batching=batching, api_key=api_key or None, log_requests=log_requests,

@@ -58,10 +58,11 @@ def evaluate_model(model_ref: str, examples: list[Example], labels: tuple[str, .
     import time
 
     from nerft.infer.generate import AnswerGenerator, DecodeOptions
-    from nerft.infer.predict import load_for_inference, predict_rows
+    from nerft.infer.predict import predict_rows
+    from nerft.models.loader import load_model
 
-    model, tokenizer, task = load_for_inference(model_ref, fallback_labels=labels,
-                                                trust_remote_code=trust_remote_code)
+    model, tokenizer, task = load_model(model_ref, fallback_labels=labels,
+                                        trust_remote_code=trust_remote_code)
     in_data = labels or tuple(sorted({s.label for ex in examples for s in ex.entities}))
     unseen = tuple(lb for lb in in_data if lb not in task.labels)
     started = time.perf_counter()

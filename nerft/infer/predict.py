@@ -13,7 +13,7 @@ from nerft.infer.generate import AnswerGenerator, DecodeOptions
 from nerft.models.loader import DEFAULT_LABELS, InferenceError, LoadedModel, load_model
 from nerft.task.prompt import ParsedAnswer, Task
 
-__all__ = ["DEFAULT_LABELS", "Decoded", "InferenceError", "load_for_inference", "predict",
+__all__ = ["DEFAULT_LABELS", "Decoded", "InferenceError", "predict",
            "predict_rows", "read_sentences"]
 
 
@@ -39,14 +39,6 @@ class Decoded:
     def to_dict(self) -> dict:
         return {"id": self.id, "text": self.text, "entities": [e.to_dict() for e in self.entities],
                 "answer": self.answer}
-
-
-def load_for_inference(path_or_source: str, labels: tuple[str, ...] | list[str] | None = None, *,
-                       fallback_labels: tuple[str, ...] | None = None,
-                       trust_remote_code: bool = False) -> LoadedModel:
-    """`nerft.models.loader.load_model` for inference, with the labels second (the older call)."""
-    return load_model(path_or_source, labels=labels, fallback_labels=fallback_labels,
-                      trust_remote_code=trust_remote_code)
 
 
 # --- sentences in, spans out --------------------------------------------------------------

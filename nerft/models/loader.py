@@ -91,12 +91,20 @@ def load_model(ref: str, trainable: bool = False, *, labels=None, fallback_label
 
     found = describe(ref, trust_remote_code=trust_remote_code)
     task = _task(found, labels, fallback_labels)  # before the weights: a bad record fails at once
-    model, tokenizer = load_model_and_tokenizer(
-        found.weights, dtype=dtype or found.dtype, device=device,
-        trust_remote_code=trust_remote_code, tokenizer_folder=found.tokenizer_folder)
-    if found.adapter is not None:
-        model = init_adapter(model, found.adapter, trainable=trainable,
-                             merge=not trainable if merge is None else merge)
+    try:  # unreadable or broken weight files: one line naming the reference, for every verb
+        model, tokenizer = load_model_and_tokenizer(
+            found.weights, dtype=dtype or found.dtype, device=device,
+            trust_remote_code=trust_remote_code, tokenizer_folder=found.tokenizer_folder)
+        if found.adapter is not None:
+            model = init_adapter(model, found.adapter, trainable=trainable,
+                                 merge=not trainable if merge is None else merge)
+    except OSError as e:
+        raise InferenceError(f"{ref}: {e}".splitlines()[0]) from e
+    except Exception as e:  # a damaged safetensors file (SafetensorError is no OSError)
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise InferenceError(f"{ref}: a weights file is damaged ({e}); train or export it "
+                             "again") from e
     return LoadedModel(model, tokenizer, task)
 
 
@@ -115,6 +123,17 @@ def init_adapter(model, adapter: Path, *, trainable: bool = False, merge: bool =
             return merged if trainable else merged.eval()
         wrapped = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     return wrapped if trainable else wrapped.eval()
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _checked_adapter(folder: Path) -> Path:
+    """`folder` if it holds adapter weights: without them PEFT warns and gives the untrained
+    base model back, which would answer as if it were the trained one."""
+    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise InferenceError(f"{folder}: the adapter's weights ({ADAPTER_WEIGHTS[0]}) are missing")
+    return folder
 
 
 def _task(found: ModelRef, labels, fallback_labels) -> Task:
@@ -150,7 +169,7 @@ def _describe_run(run: RunDir, trust_remote_code: bool) -> ModelRef:
     if not (weights / "adapter_config.json").is_file():
         raise InferenceError(f"{weights}: neither an adapter (adapter_config.json) nor a model "
                              "(config.json)")
-    return ModelRef(model_cfg.source, weights, None, task, model_cfg.dtype)
+    return ModelRef(model_cfg.source, _checked_adapter(weights), None, task, model_cfg.dtype)
 
 
 def _describe_export(export: ExportDir) -> ModelRef:
@@ -168,7 +187,7 @@ def _describe_export(export: ExportDir) -> ModelRef:
         if not isinstance(base, str) or not base:
             raise InferenceError(f"{export.task_file}: field base_model is empty; an adapter "
                                  "export needs the model it was trained on")
-        return ModelRef(base, export.adapter, **common)
+        return ModelRef(base, _checked_adapter(export.adapter), **common)
     return ModelRef(str(export.path), **common)
 
 

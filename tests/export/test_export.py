@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from nerft.export import ExportError
 from nerft.export.parity import check_parity, reference_outputs
-from nerft.infer.predict import load_for_inference, predict
+from nerft.infer.predict import predict
+from nerft.models.loader import load_model
 from nerft.task.prompt import Task
 
 IM_END, END_OF_TEXT = 151_645, 151_643
@@ -66,8 +67,8 @@ def test_merged_export_loads_with_transformers_alone(merged, tiny_lora_run):
     assert eos[:2] == [IM_END, END_OF_TEXT]
     # Same entities as the run itself on sentences it was not checked on.
     texts = [("a", "王五在广州的中山大学工作。"), ("b", "我们明天去南京看长江。")]
-    run_preds = predict(*load_for_inference(str(tiny_lora_run)), texts)
-    export_preds = predict(*load_for_inference(str(out)), texts)  # labels from nerft.json
+    run_preds = predict(*load_model(str(tiny_lora_run)), texts)
+    export_preds = predict(*load_model(str(out)), texts)  # labels from nerft.json
     assert [p.answer for p in run_preds] == [p.answer for p in export_preds]
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "Export check" in card and "max |Δlogit|" in card

@@ -224,11 +224,11 @@ def test_a_trained_model_ends_its_answers_itself_without_the_constraint(learned_
     is the training answer (not a loop cut at the budget)."""
     from nerft.task.chat import encode_prompts, stop_token_ids
     from nerft.data.example import read_examples
-    from nerft.infer.predict import load_for_inference
+    from nerft.models.loader import load_model
     from nerft.task.prompt import format_answer
 
     run, data, _ = learned_run
-    model, tokenizer, task = load_for_inference(str(run))
+    model, tokenizer, task = load_model(str(run))
     rows = list(read_examples(data / "test.jsonl"))
     texts = [ex.text for ex in rows]
     decoded = AnswerGenerator(model, tokenizer, task).decode(texts, DecodeOptions(constrained=False))

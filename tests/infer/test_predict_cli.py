@@ -7,7 +7,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from nerft.infer.predict import load_for_inference
+from nerft.models.loader import load_model
 
 LABELS = ["地点", "人名", "地理实体", "组织"]
 SENTENCE = "国会外有大约200名警察驻守，防止抗议人群闯入国会。"
@@ -50,13 +50,13 @@ def run_dir(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def loaded(run_dir):
-    return load_for_inference(str(run_dir))
+    return load_model(str(run_dir))
 
 
-def test_load_for_inference_reads_the_run(loaded, tiny_model_dir):
+def test_load_model_reads_the_run(loaded, tiny_model_dir):
     model, _, task = loaded
     assert task.labels == tuple(LABELS)
-    base, _, zero_shot = load_for_inference(str(tiny_model_dir), ["人名", "地点"])
+    base, _, zero_shot = load_model(str(tiny_model_dir), labels=["人名", "地点"])
     assert zero_shot.labels == ("人名", "地点")
     # The adapter is merged into the weights, so the run's model differs from its base.
     name = "model.layers.0.self_attn.q_proj.weight"
@@ -70,7 +70,7 @@ def test_full_model_in_best_loads_with_the_base_tokenizer(tmp_path, run_dir, tin
     AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(run / "best")  # no tokenizer
     for name in ("config.yaml", "run.json"):
         (run / name).write_bytes((run_dir / name).read_bytes())
-    model, tokenizer, task = load_for_inference(str(run), ["人名"])
+    model, tokenizer, task = load_model(str(run), labels=["人名"])
     assert task.labels == ("人名",)  # explicit labels win over run.json
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 151_645 and not hasattr(model, "peft_config")
 
@@ -85,7 +85,7 @@ def test_unknown_answer_format_fails_before_any_weights_load(tmp_path, run_dir):
     (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     (run / "run.json").write_bytes((run_dir / "run.json").read_bytes())
     with pytest.raises(InferenceError, match=r"config\.yaml: data\.answer_format 'xml' is not one of json, compact"):
-        load_for_inference(str(run))
+        load_model(str(run))
 
 
 def test_one_sentence_prints_its_entities(cli, run_dir, loaded):

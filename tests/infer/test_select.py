@@ -7,7 +7,7 @@ import typer
 from typer.testing import CliRunner
 
 from nerft.data.example import read_examples
-from nerft.infer.predict import load_for_inference
+from nerft.models.loader import load_model
 from nerft.infer.select import rank_uncertain
 from nerft.cli.select import select
 
@@ -23,7 +23,7 @@ def test_unseen_sentences_rank_above_the_ones_it_knows_by_heart(learned_run, tmp
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, tokenizer, task = load_for_inference(str(run))
+        model, tokenizer, task = load_model(str(run))
         scored = rank_uncertain(model, tokenizer, task, known + unseen)
     finally:
         torch.set_num_threads(before)

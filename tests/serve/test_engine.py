@@ -7,7 +7,8 @@ import torch
 from typer.testing import CliRunner
 
 from nerft.export.workflow import export_run
-from nerft.infer.predict import InferenceError, load_for_inference
+from nerft.infer.predict import InferenceError
+from nerft.models.loader import load_model
 from nerft.serve.engine import load_served, sentence_decoder
 
 TEXTS = ["张三在北京大学读书。", "😀 李四昨天去了上海。"]
@@ -23,7 +24,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def run_answers(tiny_lora_run):
-    model, tokenizer, task = load_for_inference(str(tiny_lora_run))
+    model, tokenizer, task = load_model(str(tiny_lora_run))
     return [d.answer for d in sentence_decoder(model, tokenizer, task, max_batch=4)(TEXTS)]
 
 

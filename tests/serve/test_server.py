@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from nerft.infer.predict import load_for_inference, predict
+from nerft.models.loader import load_model
+from nerft.infer.predict import predict
 
 # Emoji are one code point but two UTF-16 units: an offset bug shows up after them.
 EMOJI_TEXT = "😀😀 张三 went to 北京大学 🎓 读书。"
@@ -19,7 +20,7 @@ TEXTS = [EMOJI_TEXT, "Hi 😀 张三在北京大学读书。", "我们明天去�
 @pytest.fixture(scope="module")
 def expected(tiny_lora_run):
     """What `nerft predict` finds with the same run, in this process."""
-    return predict(*load_for_inference(str(tiny_lora_run)), [(str(i), t) for i, t in enumerate(TEXTS)])
+    return predict(*load_model(str(tiny_lora_run)), [(str(i), t) for i, t in enumerate(TEXTS)])
 
 
 def test_ner_matches_predict_with_code_point_offsets(server, expected):

@@ -210,14 +210,15 @@ def test_compact_answer_format_runs_end_to_end_and_stays_with_the_model(parent, 
     inference on the run prompts and reads that format, a continued run must keep it, and a
     merged export passes its parity check in it and names it in task.json (read back by predict)."""
     from nerft.export.workflow import export_run
-    from nerft.infer.predict import load_for_inference, predict
+    from nerft.infer.predict import predict
+from nerft.models.loader import load_model
 
     data = _write(tmp_path / "d", PARENT_ROWS, ["人名", "地点"])
     train(_config(data, tiny_model_dir, tmp_path / "compact", training__max_steps=1,
                   eval__eval_steps=1, data__answer_format="compact"))
     run = RunDir(tmp_path / "compact")
     assert run.answer_format() == "compact" and RunDir(parent[0]).answer_format() == "json"
-    model, tokenizer, task = load_for_inference(str(run.path))
+    model, tokenizer, task = load_model(str(run.path))
     assert task.answer_format == "compact" and '"实体文本": "实体类型"' in task.system_prompt
     texts = [(str(i), t) for i, (t, _) in enumerate(PARENT_ROWS)]
     preds = predict(model, tokenizer, task, texts)
@@ -232,7 +233,7 @@ def test_compact_answer_format_runs_end_to_end_and_stays_with_the_model(parent, 
     export_run(run.path, tmp_path / "export", merge=True, probes=2)
     record = json.loads((tmp_path / "export" / "task.json").read_text(encoding="utf-8"))
     assert record["answer_format"] == "compact" and record["answer"]["line"].startswith('"')
-    assert load_for_inference(str(tmp_path / "export"))[2] == task
+    assert load_model(str(tmp_path / "export"))[2] == task
     assert "Answer format (compact)" in (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
     # the GBNF grammar of the exported task (what answer.gbnf holds) accepts the run's answers
     import llguidance
