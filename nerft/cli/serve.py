@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 
 def serve(
-    run_or_model: str = typer.Argument(
-        ..., metavar="RUN_OR_MODEL", help="A `nerft train` run, a `nerft export` folder, or a base "
-        "model source (demo, hub id, .gguf) for zero-shot use."),
+    run_or_model: List[str] = typer.Argument(
+        ..., metavar="RUN_OR_MODEL...", help="A `nerft train` run, a `nerft export` folder, or a "
+        "base model source (demo, hub id, .gguf) for zero-shot use. Several adapter runs of one "
+        "base model share its weights in one process: requests pick one by name (`run` in "
+        "/v1/ner, `model` in the OpenAI route); the first is the default."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 0.0.0.0 exposes the "
                              "service to the network (set --api-key then)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
@@ -31,7 +33,10 @@ def serve(
     batching: bool = typer.Option(True, "--batching/--no-batching",
                                   help="Share decode calls between concurrent requests."),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers, CPU or GPU) or vllm "
-                                "(GPU; needs `pip install 'nerft[vllm]'` and CUDA)."),
+                                "(a CUDA GPU and `pip install 'nerft[vllm]'`: vLLM's async "
+                                "engine, grammar-constrained, LoRA adapters per run)."),
+    gpu_memory: float = typer.Option(0.85, "--gpu-memory", min=0.05, max=0.99, help="vllm: the "
+                                     "share of GPU memory vLLM may take."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     log_requests: Optional[Path] = typer.Option(
         None, "--log-requests", metavar="FILE.jsonl", help="Opt-in: append every /v1/ner request "
@@ -57,6 +62,7 @@ def serve(
     \b
     Examples:
       nerft serve runs/demo-cpu
+      nerft serve runs/demo-a runs/demo-b       # two adapter runs, one copy of the base model
       nerft serve exports/demo-merged --port 9000 --api-key "$KEY"
       nerft serve runs/demo-cpu --log-requests logs/requests.jsonl --feedback logs/feedback.jsonl
       curl -s localhost:8000/v1/ner -d '{"text": "张三在北京工作。"}' -H 'Content-Type: application/json'
@@ -71,6 +77,7 @@ def serve(
         from nerft.serve.vllm_backend import check_vllm
 
         check_vllm()  # VllmUnavailable, a NerftError, says what is missing
+    refs = list(run_or_model)
     label_set = tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None
     if labels is not None and not label_set:
         fail("--labels is empty; give names such as 地点,人名,地理实体,组织")
@@ -78,8 +85,7 @@ def serve(
     import uvicorn
     from transformers.utils import logging as hf_logging
 
-    from nerft.serve.app import ServeSettings, create_app
-    from nerft.serve.engine import load_served, sentence_decoder
+    from nerft.serve.app import ServeSettings, serve_runs
     from nerft.serve.guard import LOOPBACK_NAMES
 
     hf_logging.disable_progress_bar()
@@ -87,9 +93,19 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    # An unloadable model is a NerftError (nerft.models.loader), which `nerft.cli` reports.
-    model, tokenizer, task, name = load_served(run_or_model, label_set)
-    settings = ServeSettings(model_name=name, max_text_chars=max_text_chars, max_texts=max_texts,
+    # An unloadable model, or runs that cannot share one (nerft.serve.engine.check_together),
+    # is a NerftError, which `nerft.cli` reports in one line.
+    engine = {}
+    if backend == "vllm":
+        from nerft.serve.vllm_backend import start_vllm
+
+        runs, engine = start_vllm(refs, label_set, gpu_memory=gpu_memory,
+                                  max_text_chars=max_text_chars)
+    else:
+        from nerft.serve.engine import load_runs
+
+        runs = load_runs(refs, label_set, max_batch=max_batch)
+    settings = ServeSettings(model_name=runs[0].name, max_text_chars=max_text_chars, max_texts=max_texts,
                              max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
                              batching=batching, api_key=api_key or None, log_requests=log_requests,
                              feedback=feedback, log_max_bytes=int(log_max_mb * 2**20),
@@ -107,7 +123,7 @@ def serve(
                                    "--api-key: anyone who can reach this port can use the model",
                                    highlight=False)
     try:
-        app = create_app(sentence_decoder(model, tokenizer, task, max_batch=max_batch), task, settings)
+        app = serve_runs(runs, settings, **engine)
     except OSError as e:  # a log file that cannot be opened for appending
         fail(f"cannot open the log file: {e}")
     # On SIGTERM uvicorn stops accepting, answers every open request, then runs the app's

@@ -7,13 +7,14 @@ Offsets in every answer are Unicode code points, end exclusive: `text[start:end]
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -26,9 +27,26 @@ from nerft.serve.guard import DISCONNECTED, BodyCap, given_key, host_name, key_m
 from nerft.serve.metrics import ERROR_KINDS, ROUTES, ServiceMetrics
 
 
+@dataclass(frozen=True)
+class ServedRun:
+    """One model the service answers with, by name: its task and its decode function.
+
+    `decode(texts) -> [Decoded]`: a plain function runs on the batching worker thread (the hf
+    backend; requests for different runs never share a call); a coroutine function is awaited
+    as it is (the vLLM backend, whose engine batches by itself)."""
+
+    name: str
+    task: Task
+    decode: Callable
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.decode)
+
+
 @dataclass
 class ServeSettings:
-    model_name: str
+    model_name: str  # the default run's name
     max_text_chars: int = 2000
     max_texts: int = 64
     max_batch: int = 16
@@ -61,11 +79,12 @@ class ServeSettings:
 
 
 class NerRequest(BaseModel):
-    """One sentence (`text`) or several (`texts`), not both."""
+    """One sentence (`text`) or several (`texts`), not both; `run` picks a served run."""
 
     model_config = ConfigDict(extra="forbid")
     text: StrictStr | None = None
     texts: list[StrictStr] | None = None
+    run: StrictStr | None = None
 
     @model_validator(mode="after")
     def one_of(self):
@@ -80,18 +99,42 @@ class NerRequest(BaseModel):
 
 
 class Service:
-    """The pieces every route shares: settings, task, metrics, and the batching worker."""
+    """The pieces every route shares: settings, runs, metrics, and the batching worker (for
+    runs whose decode is a plain function)."""
 
-    def __init__(self, decode: Callable, task: Task, settings: ServeSettings):
-        self.decode, self.task, self.settings = decode, task, settings
+    def __init__(self, runs: Sequence[ServedRun], settings: ServeSettings,
+                 engine_alive: Callable[[], bool] | None = None):
+        self.runs = {run.name: run for run in runs}
+        self.engine_alive = engine_alive
+        if len(self.runs) != len(runs) or not runs:
+            raise ValueError("served runs need distinct names")
+        self.default = runs[0]
+        self.settings = settings
         self.metrics = ServiceMetrics()
-        self.feedback = Feedback(settings.model_name, task.labels, settings.log_requests,
-                                 settings.feedback, settings.log_max_bytes,
+        self.feedback = Feedback({run.name: run.task.labels for run in runs},
+                                 settings.log_requests, settings.feedback, settings.log_max_bytes,
                                  max_text_chars=settings.max_text_chars,
                                  max_entities=settings.max_entities)
         self.batcher: Batcher | None = None
         self.started = int(time.time())
         self._batch_seconds = 0.5  # running mean of decode call time, for Retry-After
+        self._in_flight = 0  # sentences being answered by an async engine
+
+    def run_named(self, name: str | None, field: str) -> ServedRun:
+        """The run a request names in `field` (default: the first); 422 naming the choices."""
+        if name is None:
+            return self.default
+        run = self.runs.get(name)
+        if run is None:
+            raise HTTPException(422, f"{field}: {name!r} is not served here; choose one of "
+                                     f"{', '.join(self.runs)}")
+        return run
+
+    @property
+    def alive(self) -> bool:
+        """The batching worker runs, and so does the async engine if there is one."""
+        return (self.batcher is not None and self.batcher.alive
+                and (self.engine_alive is None or self.engine_alive()))
 
     def start(self) -> None:
         stats = self.metrics.batch_stats()
@@ -103,7 +146,7 @@ class Service:
 
         stats.on_batch = on_batch
         s = self.settings
-        self.batcher = Batcher(self.decode, max_batch=s.max_batch, max_wait=s.max_wait,
+        self.batcher = Batcher(self.default.decode, max_batch=s.max_batch, max_wait=s.max_wait,
                                max_queue=s.max_queue, batching=s.batching, stats=stats)
 
     def check_limits(self, texts: list[str], fields: list[str]) -> None:
@@ -124,18 +167,51 @@ class Service:
                                      f"{s.max_request_chars} (--max-request-chars); send fewer or "
                                      "shorter texts per request")
 
-    async def decode_texts(self, texts: list[str], request: Request, fields: list[str]) -> list:
-        """Queue `texts` for the worker and wait for their answers: 503 when full or draining,
-        504 past the request timeout; a client that goes away has its work cancelled."""
+    async def decode_texts(self, texts: list[str], request: Request, fields: list[str],
+                           run: ServedRun | None = None) -> list:
+        """Queue `texts` for the worker and wait for `run`'s answers (default: the first run):
+        503 when full or draining, 504 past the request timeout; a client that goes away has its
+        work cancelled."""
         self.check_limits(texts, fields)
+        run = run or self.default
+        if run.is_async:
+            decoded = await self._decode_async(texts, request, run)
+        else:
+            decoded = await self._decode_queued(texts, request, run)
+        self.metrics.run_sentences.labels(run.name).inc(len(texts))
+        return decoded
+
+    async def _decode_async(self, texts: list[str], request: Request, run: ServedRun) -> list:
+        """An engine that batches by itself (vLLM): the same limits, without the nerft queue."""
+        s = self.settings
+        if self._in_flight and self._in_flight + len(texts) > s.max_queue:
+            raise HTTPException(503, f"busy: {self._in_flight} sentences being answered (limit "
+                                     f"{s.max_queue}); retry in 1 s", headers={"Retry-After": "1"})
+        self._in_flight += len(texts)
+        self.metrics.queue_depth.set(self._in_flight)
+        started = time.perf_counter()
+        work = asyncio.ensure_future(run.decode(texts))
         try:
-            future = self.batcher.submit(texts)
+            result = await self._await(work, request, lambda: work.cancel())
+        finally:
+            self._in_flight -= len(texts)
+            self.metrics.queue_depth.set(self._in_flight)
+        self.metrics.batch_stats().on_batch(len(texts), time.perf_counter() - started)
+        return result
+
+    async def _decode_queued(self, texts: list[str], request: Request, run: ServedRun) -> list:
+        try:
+            future = self.batcher.submit(texts, run.decode)
         except QueueFull as e:
             wait = max(1, math.ceil(self._batch_seconds * (1 + self.batcher.pending / self.settings.max_batch)))
             raise HTTPException(503, f"busy: {e}; retry in {wait} s", headers={"Retry-After": str(wait)})
         except Draining as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "5"})
-        waiting = asyncio.wrap_future(future)
+        return await self._await(asyncio.wrap_future(future), request,
+                                 lambda: self.batcher.cancel(future))
+
+    async def _await(self, waiting, request: Request, cancel: Callable[[], object]):
+        """`waiting`'s result; on the client leaving (499) or the timeout (504), `cancel()`."""
         deadline = time.monotonic() + self.settings.request_timeout
         while True:
             left = deadline - time.monotonic()
@@ -144,19 +220,28 @@ class Service:
                 return waiting.result()
             gone = request.scope.get(DISCONNECTED)
             if gone is not None and gone.is_set():
-                self.batcher.cancel(future)
+                cancel()
                 raise HTTPException(499, "the client closed the connection; work cancelled")
             if left <= 0:
-                self.batcher.cancel(future)
+                cancel()
                 raise HTTPException(504, f"no answer within {self.settings.request_timeout:g} s "
                                          "(--request-timeout); send fewer or shorter texts")
 
 
 def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI:
-    """The service app; `decode(texts) -> [Decoded]` runs on the batching worker thread only."""
+    """The service app of one model; `decode(texts) -> [Decoded]` runs on the batching worker
+    thread only."""
+    return serve_runs([ServedRun(settings.model_name, task, decode)], settings)
+
+
+def serve_runs(runs: Sequence[ServedRun], settings: ServeSettings, *,
+               alive: Callable[[], bool] | None = None,
+               shutdown: Callable[[], object] | None = None) -> FastAPI:
+    """The service app of one or more runs (the first is the default): the decode seam of every
+    backend. `alive()` says whether an async engine still runs; `shutdown()` stops it."""
     from nerft.serve.openai_api import add_chat_routes
 
-    service = Service(decode, task, settings)
+    service = Service(runs, settings, engine_alive=alive)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -165,6 +250,8 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
         # uvicorn stops here only after every open request has been answered; close() then
         # lets the worker finish anything still queued before the process exits.
         await asyncio.get_running_loop().run_in_executor(None, service.batcher.close)
+        if shutdown is not None:
+            shutdown()
 
     app = FastAPI(title="nerft NER service", lifespan=lifespan,
                   description="Chinese named-entity recognition with a fine-tuned chat model. "
@@ -222,7 +309,7 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
     @app.get("/health", summary="Liveness; never needs the API key")
     async def health(request: Request):
         """503 when the decode worker has stopped; log paths only with the API key."""
-        alive = service.batcher is not None and service.batcher.alive
+        alive = service.alive
         shown = key_matches(given_key(request.headers), settings.api_key)
         body = {"status": "ok" if alive else "decode worker stopped; restart the service",
                 "model": settings.model_name,
@@ -230,14 +317,18 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
                 "logging": service.feedback.status(show_paths=shown)}
         return JSONResponse(body, status_code=200 if alive else 503)
 
-    @app.get("/v1/models", summary="The served model (OpenAI format)")
+    @app.get("/v1/models", summary="The served runs (OpenAI format); the first is the default")
     async def models():
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model",
-                                            "created": service.started, "owned_by": "nerft"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model",
+                                            "created": service.started, "owned_by": "nerft"}
+                                           for name in service.runs]}
 
-    @app.get("/v1/task", summary="Labels and instruction of the served task")
-    async def task_info():
-        return {"model": settings.model_name, "labels": list(task.labels),
+    @app.get("/v1/task", summary="Labels and instruction of a served run (?run=NAME)")
+    async def task_info(run: str | None = None):
+        chosen = service.run_named(run, "run")
+        task = chosen.task
+        return {"model": chosen.name, "labels": list(task.labels),
+                "runs": list(service.runs),
                 "system_prompt": task.system_prompt,
                 "limits": {"max_text_chars": settings.max_text_chars, "max_texts": settings.max_texts,
                            "max_request_chars": settings.max_request_chars}}
@@ -248,12 +339,13 @@ def create_app(decode: Callable, task: Task, settings: ServeSettings) -> FastAPI
 
         `request_id` (also the X-Request-Id header) names the answer in POST /v1/feedback."""
         texts = body.all_texts()
+        run = service.run_named(body.run, "run")
         fields = ["text"] if body.text is not None else [f"texts[{i}]" for i in range(len(texts))]
-        decoded = await service.decode_texts(texts, request, fields)
+        decoded = await service.decode_texts(texts, request, fields, run)
         results = [{"text": d.text, "entities": [e.to_dict() for e in d.entities]} for d in decoded]
-        request_id = service.feedback.record_answer(texts, results, "/v1/ner")
+        request_id = service.feedback.record_answer(texts, results, "/v1/ner", run.name)
         response.headers["X-Request-Id"] = request_id
-        return {"model": settings.model_name, "request_id": request_id, "results": results}
+        return {"model": run.name, "request_id": request_id, "results": results}
 
     @app.post("/v1/feedback", summary="Corrected entities of one sentence (needs --feedback)")
     def feedback(body: FeedbackRequest, request: Request):

@@ -37,6 +37,7 @@ class Draining(Exception):
 @dataclass(eq=False)
 class _Job:
     texts: list[str]
+    decode: Callable[[list[str]], list]
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
     results: list = field(default_factory=list)
@@ -96,8 +97,9 @@ class Batcher:
         """Whether the worker thread runs (False after close, or if it died)."""
         return self._thread.is_alive()
 
-    def submit(self, texts: list[str]) -> Future:
-        """Queue `texts`; the future's result is decode(texts), in order."""
+    def submit(self, texts: list[str], decode: Callable[[list[str]], list] | None = None) -> Future:
+        """Queue `texts`; the future's result is decode(texts), in order (`decode`: this request's
+        function, default the batcher's; requests share a call only with the same function)."""
         with self._cond:
             if self._closing:
                 raise Draining("the service is shutting down")
@@ -111,7 +113,7 @@ class Batcher:
                 raise QueueFull(f"{self._pending} sentences already queued (limit {limit}"
                                 + (f" for requests of more than {self.max_batch}" if big else "")
                                 + ")")
-            job = _Job(list(texts))
+            job = _Job(list(texts), decode or self.decode)
             self._jobs.append(job)
             self._pending += len(job.texts)
             self.stats.on_depth(self._pending)
@@ -166,7 +168,9 @@ class Batcher:
                 job = self._jobs[0]
                 taken = [(job, i) for i in range(job.taken, len(job.texts))]
                 job.taken = len(job.texts)
-            jobs = list(self._jobs) if self.batching else []
+            # Only requests for the oldest one's decode function (its run) share this call.
+            jobs = [j for j in self._jobs if j.decode == self._jobs[0].decode] \
+                if self.batching and self._jobs else []
             while jobs and len(taken) < self.max_batch:
                 for job in jobs[:self.max_batch - len(taken)]:
                     taken.append((job, job.taken))
@@ -192,7 +196,7 @@ class Batcher:
         texts = [job.texts[i] for job, i in taken]
         started = time.perf_counter()
         try:
-            results = self.decode(texts)
+            results = taken[0][0].decode(texts)
         except Exception as e:
             self.stats.on_error("decode")
             jobs = list(dict.fromkeys(job for job, _ in taken))

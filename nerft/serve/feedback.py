@@ -4,7 +4,8 @@ Both files are JSON Lines appended one whole line at a time under a lock, so con
 requests never interleave. Each has a size cap: once the next line would pass it, logging
 stops for good (one warning in the server log, `logging_full` in /health) and requests go on
 being answered. Feedback rows are canonical nerft JSONL (`text` + `entities` with code-point
-`start`/`end`/`label`/`text`) plus `request_id`, `model` and `time`, so `nerft data prepare`
+`start`/`end`/`label`/`text`) plus `request_id`, `model` (the run that answered, or the run
+a correction names) and `time`, so `nerft data prepare`
 reads the file as it is; their `id` starts with `feedback-`, which tells prepare that a later
 correction of the same text replaces an earlier one.
 """
@@ -94,6 +95,7 @@ class FeedbackRequest(BaseModel):
     request_id: StrictStr | None = None
     index: StrictInt = 0
     text: StrictStr | None = None
+    run: StrictStr | None = None  # which served run the correction is for (default: the first)
     entities: list[FeedbackEntity]
     replace: StrictBool = False
 
@@ -125,18 +127,21 @@ class _Correction:
 
 
 class Feedback:
-    """Request log, corrections log, and the recent answers that feedback can refer to."""
+    """Request log, corrections log, and the recent answers that feedback can refer to.
 
-    def __init__(self, model_name: str, labels: tuple[str, ...], requests_path: Path | None,
+    `labels` holds each served run's label set by name, the first the default run."""
+
+    def __init__(self, labels: dict[str, tuple[str, ...]], requests_path: Path | None,
                  feedback_path: Path | None, max_bytes: int, *, max_text_chars: int = 2000,
                  max_entities: int = MAX_ENTITIES, recent_bytes: int = RECENT_BYTES):
-        self.model_name, self.labels = model_name, tuple(labels)
+        self.labels = {name: tuple(run_labels) for name, run_labels in labels.items()}
+        self.default_run = next(iter(self.labels))
         self.max_text_chars, self.max_entities, self.recent_bytes = (max_text_chars, max_entities,
                                                                      recent_bytes)
         self.requests = JsonlLog(requests_path, max_bytes, "request log") if requests_path else None
         self.feedback = (JsonlLog(feedback_path, max_bytes, "feedback log", sync=True)
                          if feedback_path else None)
-        self._recent: OrderedDict[str, list[str]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()  # id -> (run, texts)
         self._recent_size = 0  # bytes the remembered sentences may take (4 a character)
         self._lock = threading.Lock()
         # The last correction of each sentence (by its hash), so that a correction from another
@@ -156,20 +161,23 @@ class Feedback:
 
         return {"requests": one(self.requests), "feedback": one(self.feedback)}
 
-    def record_answer(self, texts: list[str], results: list[dict], route: str) -> str:
-        """A new request id; the answer is logged when the request log is on."""
+    def record_answer(self, texts: list[str], results: list[dict], route: str,
+                      run: str | None = None) -> str:
+        """A new request id; the answer (by `run`, default the first) is logged when the request
+        log is on."""
         request_id = uuid.uuid4().hex
+        run = run or self.default_run
         if self.feedback is not None:
             size = 4 * sum(len(t) for t in texts)
             with self._lock:
-                self._recent[request_id] = list(texts)
+                self._recent[request_id] = (run, list(texts))
                 self._recent_size += size
                 while self._recent and (len(self._recent) > RECENT_ANSWERS
                                         or self._recent_size > self.recent_bytes):
-                    _, dropped = self._recent.popitem(last=False)
+                    _, (_, dropped) = self._recent.popitem(last=False)
                     self._recent_size -= 4 * sum(len(t) for t in dropped)
         if self.requests is not None:
-            self.requests.append({"request_id": request_id, "time": _now(), "model": self.model_name,
+            self.requests.append({"request_id": request_id, "time": _now(), "model": run,
                                   "route": route, "results": results})
         return request_id
 
@@ -181,8 +189,8 @@ class Feedback:
         if len(body.entities) > self.max_entities:
             raise HTTPException(413, f"entities: {len(body.entities)} in one correction; the limit "
                                      f"is {self.max_entities}")
-        text = self._sentence(body)
-        entities = self._place(text, body.entities)
+        run, text = self._sentence(body)
+        entities = self._place(text, body.entities, self.labels[run])
         cleaned = clean_example(Example("feedback", text, entities, "feedback:0"), "canonical",
                                 LabelMapper())
         if cleaned.example is None or cleaned.notes:  # what prepare would drop or repair
@@ -197,7 +205,7 @@ class Feedback:
                                          "that correction")
             row = {"id": FEEDBACK_ID_PREFIX + uuid.uuid4().hex, "text": text,
                    "entities": [e.to_dict() for e in entities], "request_id": body.request_id,
-                   "model": self.model_name, "time": _now(), "by": by,
+                   "model": run, "time": _now(), "by": by,
                    "replaces": earlier.id if earlier else None}
             if not self.feedback.append(row):
                 raise HTTPException(507, f"the feedback log {self.feedback.path.name} is full "
@@ -206,7 +214,7 @@ class Feedback:
         return {"stored": True, "id": row["id"], "entities": row["entities"], "by": by,
                 "replaces": row["replaces"]}
 
-    def _place(self, text: str, given: list[FeedbackEntity]) -> list[Span]:
+    def _place(self, text: str, given: list[FeedbackEntity], labels: tuple[str, ...]) -> list[Span]:
         """Spans of the corrected entities; one without offsets takes the first occurrence of
         its text that no earlier entity holds. Linear in the text (plus log n a span)."""
         taken = _DisjointSpans()
@@ -214,9 +222,9 @@ class Feedback:
         spans = []
         for i, ent in enumerate(given):
             where = f"entities[{i}]"
-            if ent.label not in self.labels:
+            if ent.label not in labels:
                 raise _invalid(f"{where}.label", f"{ent.label!r} is not one of the model's labels "
-                                                 f"({', '.join(self.labels)})")
+                                                 f"({', '.join(labels)})")
             if not ent.text:
                 raise _invalid(f"{where}.text", "empty")
             start, end = ent.start, ent.end
@@ -241,14 +249,19 @@ class Feedback:
         spans.sort()
         return spans
 
-    def _sentence(self, body: FeedbackRequest) -> str:
+    def _sentence(self, body: FeedbackRequest) -> tuple[str, str]:
+        """(run, sentence) a correction is for."""
+        if body.run is not None and body.run not in self.labels:
+            raise _invalid("run", f"{body.run!r} is not served here; choose one of "
+                                  f"{', '.join(self.labels)}")
+        run = body.run or self.default_run
         if body.request_id is None:
             if body.text is None:
                 raise _invalid("request_id", "give request_id (from a /v1/ner answer) or text")
             text = body.text
         else:
             with self._lock:
-                texts = self._recent.get(body.request_id)
+                answered_by, texts = self._recent.get(body.request_id, (None, None))
             if texts is None:
                 raise HTTPException(404, f"request_id: {body.request_id!r} is unknown (the service "
                                          f"remembers the last {RECENT_ANSWERS:,} answers since it "
@@ -258,7 +271,10 @@ class Feedback:
                                         f"{len(texts)} sentence(s)")
             if body.text is not None and body.text != texts[body.index]:
                 raise _invalid("text", "differs from the sentence of that request_id")
-            text = texts[body.index]
+            if body.run is not None and body.run != answered_by:
+                raise _invalid("run", f"that request_id was answered by {answered_by!r}, "
+                                      f"not {body.run!r}")
+            run, text = answered_by, texts[body.index]
         if len(text) > self.max_text_chars:
             raise HTTPException(413, f"text: {len(text)} characters; the limit is "
                                      f"{self.max_text_chars}")
@@ -267,7 +283,7 @@ class Feedback:
         problem = encoding_problem(text)
         if problem:
             raise _invalid("text", problem)
-        return text
+        return run, text
 
 
 class _DisjointSpans:

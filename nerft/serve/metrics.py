@@ -32,6 +32,8 @@ class ServiceMetrics:
         self.batch_seconds = Histogram("nerft_batch_seconds", "Seconds per decode call",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.sentences = Counter("nerft_sentences", "Sentences decoded", registry=r)
+        self.run_sentences = Counter("nerft_run_sentences", "Sentences answered, by served run",
+                                     ["run"], registry=r)
         self.queue_depth = Gauge("nerft_queue_sentences", "Sentences waiting for the decoder",
                                  registry=r)
         self.errors = Counter("nerft_errors", "Rejected or failed requests by kind", ["kind"],

@@ -3,8 +3,10 @@
 The service does one task only. The last user message is the sentence (a leading "文本:" is
 dropped, so nerft's own user message works too); the task's system prompt is always the one the
 model was trained with, so system messages and earlier turns are ignored, as are sampling
-parameters (decoding is greedy and constrained). Streaming sends the finished answer as SSE
-chunks (one per answer line): the batch decoder produces whole answers.
+parameters (decoding is greedy and constrained). `model` picks one of the served runs when
+there are several (`nerft serve A B`); with one run any name reaches it, as before. Streaming
+sends the finished answer as SSE chunks (one per answer line): the batch decoder produces whole
+answers.
 """
 
 from __future__ import annotations
@@ -55,13 +57,13 @@ def sentence_of(messages: list[ChatMessage]) -> str:
 
 
 def add_chat_routes(app: FastAPI, service) -> None:
-    name = service.settings.model_name
-
     @app.post("/v1/chat/completions", summary="OpenAI-compatible: the last user message is the sentence")
     async def chat_completions(body: ChatRequest, request: Request):
         try:
+            run = service.run_named(body.model, "model") if len(service.runs) > 1 else service.default
+            name = run.name
             (decoded,) = await service.decode_texts([sentence_of(body.messages)], request,
-                                                    ["messages[-1].content"])
+                                                    ["messages[-1].content"], run)
         except HTTPException as e:  # OpenAI clients read {"error": {"message": ...}}
             kind = "invalid_request_error" if e.status_code < 500 else "server_error"
             return JSONResponse({"error": {"message": e.detail, "type": kind, "code": e.status_code},

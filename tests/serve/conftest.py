@@ -58,3 +58,33 @@ def browser():
         pytest.fail(str(e))
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="session")
+def second_lora_run(tiny_lora_run, tmp_path_factory):
+    """Another LoRA run of the same tiny base model: tiny_lora_run's folder with its own adapter
+    weights (B drawn again, larger), so the two runs answer differently."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path_factory.mktemp("runs") / "tiny-run-b"
+    shutil.copytree(tiny_lora_run, run)
+    weights = run / "best" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    generator = torch.Generator().manual_seed(1)
+    for name, tensor in tensors.items():
+        if "lora_B" in name:
+            tensors[name] = torch.randn(tensor.shape, generator=generator) * 0.2
+    save_file(tensors, weights)
+    return run
+
+
+@pytest.fixture(scope="session")
+def two_run_server(start_server, second_lora_run, tmp_path_factory):
+    """`nerft serve RUN RUN_B --feedback`: two adapter runs of the tiny model in one server."""
+    log = tmp_path_factory.mktemp("two-runs") / "feedback.jsonl"
+    server = start_server([str(second_lora_run), "--max-wait-ms", "50", "--feedback", str(log)])
+    server.feedback_log = log
+    return server

@@ -165,3 +165,20 @@ def test_big_requests_leave_room_in_the_queue_for_small_ones():
     assert running.result(10) == ["A"] and big.result(10) == ["B1", "B2", "B3", "B4"]
     assert [f.result(10) for f in small] == [[f"S{i}"] for i in range(4)]
     batcher.close(10)
+
+
+def test_a_call_never_mixes_two_runs_decode_functions():
+    """`nerft serve A B`: requests for different runs wait for separate calls, in arrival order."""
+    calls_a, calls_b, gate = [], [], threading.Event()
+    decode_a, decode_b = recording_decode(calls_a, gate), recording_decode(calls_b)
+    batcher = Batcher(decode_a, max_batch=8, max_wait=0.05, max_queue=100)
+    first = batcher.submit(["a0"])  # holds the worker until the gate opens
+    time.sleep(0.1)
+    futures = [batcher.submit([f"a{i}"]) if i % 2 else batcher.submit([f"b{i}"], decode=decode_b)
+               for i in range(1, 7)]
+    gate.set()
+    assert first.result(5) == ["A0"]
+    assert [f.result(5) for f in futures] == [["A1"], ["B2"], ["A3"], ["B4"], ["A5"], ["B6"]]
+    # The oldest waiting request was run a's: its call takes a's three, the next call b's three.
+    assert calls_a == [["a0"], ["a1", "a3", "a5"]] and calls_b == [["b2", "b4", "b6"]]
+    batcher.close()

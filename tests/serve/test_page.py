@@ -54,3 +54,30 @@ def test_page_highlights_entities_by_label(server, browser):
     first.click()
     wait.until(lambda d: d.find_element(By.ID, "text").get_attribute("value") == first.text
                and ("entit" in d.find_element(By.ID, "status").text))
+
+
+def test_page_offers_each_served_run(two_run_server, second_lora_run, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    url, b = two_run_server.url, second_lora_run.name
+    candidates = ["张三在北京大学读书。", "😀 李四昨天去了上海。", "我们明天去南京看长江。",
+                  "联合国秘书长访问了日内瓦。"]
+    answers = {run: requests.post(url + "/v1/ner", json={"texts": candidates, "run": run},
+                                  timeout=60).json()["results"] for run in (None, b)}
+    # A sentence the two runs answer differently, so the page must really send the choice.
+    sentence, api_result = next((t, rb) for t, ra, rb in zip(candidates, answers[None], answers[b])
+                                if ra["entities"] != rb["entities"])
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.ID, "runs").is_displayed())
+    choice = Select(browser.find_element(By.ID, "runs"))
+    runs = requests.get(url + "/v1/models", timeout=10).json()["data"]
+    assert [o.text for o in choice.options] == [m["id"] for m in runs]
+    choice.select_by_visible_text(b)
+    browser.execute_script("document.getElementById('text').value = arguments[0];", sentence)
+    browser.find_element(By.ID, "run").click()
+    wait.until(lambda d: "entit" in d.find_element(By.ID, "status").text)
+    marks = [(int(m.get_attribute("data-start")), m.get_attribute("data-label"))
+             for m in browser.find_elements(By.CSS_SELECTOR, "#result mark")]
+    assert marks == [(e["start"], e["label"]) for e in api_result["entities"]]

@@ -29,10 +29,11 @@ class FakeDecoded:
 
 
 class Running:
-    """`create_app(decode, ...)` served by uvicorn on a loopback port in this process."""
+    """`create_app(decode, ...)` (or a ready `app`) served by uvicorn on a loopback port in this
+    process."""
 
-    def __init__(self, decode, **settings):
-        self.app = create_app(decode, Task(LABELS), ServeSettings(model_name="fake", **settings))
+    def __init__(self, decode, app=None, **settings):
+        self.app = app or create_app(decode, Task(LABELS), ServeSettings(model_name="fake", **settings))
         self.url = f"http://127.0.0.1:{free_port()}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1",
                                                     port=int(self.url.rsplit(":", 1)[1]),
@@ -112,19 +113,19 @@ def test_health_says_503_when_the_worker_is_dead(running):
 
 
 def feedback(tmp_path, **kwargs) -> Feedback:
-    return Feedback("m", LABELS, None, tmp_path / "feedback.jsonl", 2**20, **kwargs)
+    return Feedback({"m": LABELS}, None, tmp_path / "feedback.jsonl", 2**20, **kwargs)
 
 
 def test_placing_many_entities_without_offsets_is_fast(tmp_path):
     """Item 1: 2,000 entities "a" in 2,000 "a"s took O(N^3) steps (minutes); now milliseconds."""
     fb = feedback(tmp_path, max_text_chars=2000, max_entities=2000)
     started = time.perf_counter()
-    spans = fb._place("a" * 2000, [FeedbackEntity(text="a", label="人名")] * 2000)
+    spans = fb._place("a" * 2000, [FeedbackEntity(text="a", label="人名")] * 2000, LABELS)
     assert time.perf_counter() - started < 1.0
     assert [s.start for s in spans] == list(range(2000))
     mixed = fb._place("张三和张三和李四", [FeedbackEntity(text="张三", label="人名"),
                                       FeedbackEntity(text="李四", label="人名", start=6, end=8),
-                                      FeedbackEntity(text="张三", label="人名")])
+                                      FeedbackEntity(text="张三", label="人名")], LABELS)
     assert [(s.start, s.end) for s in mixed] == [(0, 2), (3, 5), (6, 8)]
 
 
