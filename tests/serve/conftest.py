@@ -23,6 +23,18 @@ def start_server(tiny_lora_run, tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread while a module decodes in-process: a 2-layer model gains nothing
+    from more, they only add synchronisation."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def api_key() -> str:
     return API_KEY

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from nerft.export.workflow import export_run
@@ -14,12 +13,7 @@ from nerft.serve.engine import load_served, sentence_decoder
 TEXTS = ["张三在北京大学读书。", "😀 李四昨天去了上海。"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 2-layer model: threads only add synchronisation
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

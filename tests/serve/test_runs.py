@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import requests
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -19,12 +18,7 @@ TEXTS = ["张三在北京大学读书。", "😀 李四昨天去了上海。", "
 ROWS = [(str(i), t) for i, t in enumerate(TEXTS)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 2-layer model: threads only add synchronisation
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,22 +27,20 @@ TEXTS = ["张三在北京大学读书。", "😀 李四昨天去了上海。", "
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    """The stand-in `vllm` importable (and only here), with nerft's backend reloaded onto it."""
+    """The stand-in `vllm` importable, only inside the test (nerft's backend imports vLLM
+    inside its functions, so it finds whichever is importable)."""
     monkeypatch.syspath_prepend(str(CONTRACT))
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         monkeypatch.delitem(sys.modules, name)
     from vllm.v1.engine.async_llm import AsyncLLM
 
     AsyncLLM.started = []
-    return AsyncLLM
+    yield AsyncLLM
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]  # no later test may find the stand-in as if vLLM were installed
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
