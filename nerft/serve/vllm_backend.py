@@ -65,8 +65,12 @@ def check_vllm() -> None:
                               "or use --backend hf")
     from packaging.version import Version
 
-    import vllm
-
+    try:
+        import vllm
+    except Exception as e:  # a broken install (CUDA libraries, a torch it was not built for)
+        raise VllmUnavailable(f"--backend vllm: vLLM is installed but does not import "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              "reinstall it with `pip install 'nerft[vllm]'` or use --backend hf")
     found = vllm.__version__
     if Version(found) < Version(VLLM_MIN_VERSION):
         raise VllmUnavailable(f"--backend vllm needs vllm>={VLLM_MIN_VERSION} (its structured_outputs "
@@ -101,9 +105,15 @@ class VllmPlan:
         """AsyncEngineArgs' keyword arguments (vLLM 0.19.1 field names)."""
         from vllm.config import StructuredOutputsConfig
 
+        # The longest prompt (template + a sentence of up to 4 byte tokens a character) and its
+        # answer budget, within what the model's positions allow.
+        longest = 512 + 4 * max_text_chars + answer_token_budget("x" * max_text_chars)
+        config = Path(self.model) / "config.json"
+        if config.is_file():
+            positions = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+            longest = min(longest, positions) if isinstance(positions, int) else longest
         kwargs = dict(model=self.model, tokenizer=self.tokenizer, dtype=self.dtype, seed=0,
-                      # the longest prompt (template + sentence) and its answer budget
-                      max_model_len=512 + max_text_chars + answer_token_budget("x" * max_text_chars),
+                      max_model_len=longest,
                       gpu_memory_utilization=gpu_memory,
                       # sampling comes from nerft alone, not the model's generation_config.json
                       generation_config="vllm",

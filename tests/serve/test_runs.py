@@ -1,6 +1,7 @@
 """Several runs from one server (`nerft serve A B`): one copy of the base weights, each run's
 answers equal to its own `nerft predict`, requests routed by name, refusals in one line."""
 
+import inspect
 import json
 import shutil
 
@@ -40,9 +41,8 @@ def test_two_runs_share_the_base_weights_and_answer_as_their_own_predict(
         assert [d.entities for d in got] == [d.entities for d in own_predictions[run.name]]
 
     # One model object behind both decoders, with the base weights once and both adapters.
-    model = runs[0].decode.__closure__  # noqa: the closures hold the shared model
-    peft_model = next(c.cell_contents for c in model if hasattr(c.cell_contents, "peft_config"))
-    assert set(peft_model.peft_config) == {"default", "run1"}
+    peft_model, other = (inspect.getclosurevars(r.decode).nonlocals["model"] for r in runs)
+    assert peft_model is other and set(peft_model.peft_config) == {"default", "run1"}
     alone = load_model(str(tiny_lora_run)).model  # merged: the base model's size
     base_bytes = sum(p.numel() * p.element_size() for p in alone.parameters())
     storages = {}

@@ -77,7 +77,9 @@ def test_engine_arguments_and_lora_requests(fake_vllm, tiny_lora_run, second_lor
     assert args.enable_lora and args.max_loras == 1 and args.max_lora_rank == 8
     assert args.structured_outputs_config.backend == "guidance"
     assert args.generation_config == "vllm" and args.gpu_memory_utilization == 0.5
-    assert args.max_model_len >= 100 + answer_token_budget("x" * 100)
+    assert args.max_model_len >= 4 * 100 + answer_token_budget("x" * 100)
+    # never past the model's own positions (the tiny model has 4,096)
+    assert one.engine_kwargs(max_text_chars=2000)["max_model_len"] == 4096
     (request,) = one.lora_requests().values()
     assert (request.lora_name, request.lora_int_id, request.lora_path) == (
         tiny_lora_run.name, 1, str(tiny_lora_run / "best"))
