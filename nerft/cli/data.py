@@ -18,7 +18,8 @@ def data_prepare(
     inputs: list[Path] = typer.Argument(..., help="Annotated corpus files (several allowed; .gz/.bz2/.xz read as is)."),
     out: Path = typer.Option(..., "--out", help="Output folder for train/val/test.jsonl."),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="ccfbdci | cluener | conll | canonical (default: detect from content)."),
+        None, "--format", help="ccfbdci | cluener | conll | canonical | label-studio | doccano (default: "
+        "detect from content)."),
     label_map: Optional[str] = typer.Option(
         None, "--label-map", help="Rename or drop corpus labels: a .json/.yaml file or "
         "'LOC=地点,PER=人名,NOM=-' (- drops the label). Default: every label kept, known codes "
@@ -44,6 +45,7 @@ def data_prepare(
       nerft data prepare msra_train_bio msra_test_bio --out data/msra --label-map LOC=地名
       nerft data prepare weibo.train.bio --out data/weibo --label-map NOM=-
       nerft data prepare mine.jsonl --out data/mine --split 0.8,0.1,0.1 --strict
+      nerft data prepare label-studio-export.json doccano-export.jsonl --out data/corrected
     """
     from rich.markup import escape
 

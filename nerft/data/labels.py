@@ -5,7 +5,8 @@ built-in table below; ccfbdci follows the worked example in SPEC.md), a dotted s
 `PER.NAM` / `PER.NOM` gets a name that still tells the sub-types apart, and an unknown code
 keeps its own name. A user map (file or inline) is laid over that; its value `-` drops the
 label (the entity is removed from its row, the row is kept). Canonical files already carry the
-names the model sees, so their labels pass through unless the user maps them.
+names the model sees, and so do Label Studio and doccano exports (their labels come from the
+config nerft writes for a run), so their labels pass through unless the user maps them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ PRESETS: dict[str, dict[str, str]] = {
     },
     # MSRA and People's Daily use LOC / ORG / PER; GPE appears in OntoNotes-style corpora.
     "conll": {"LOC": "地点", "PER": "人名", "ORG": "组织", "GPE": "地理实体"},
-    # Canonical files already carry the names the model should see.
+    # Canonical files already carry the names the model should see; so do annotation-tool
+    # exports, whose labels come from the config nerft wrote for the run (or the team's own).
     "canonical": {},
+    "label-studio": {},
+    "doccano": {},
 }
 
 # Usual names of common codes (looked up in upper case): MSRA / People's Daily, the résumé
@@ -190,8 +194,8 @@ class LabelMapper:
         preset = PRESETS.get(fmt, {})
         if code in preset:
             return LabelUse(preset[code], f"preset {fmt}")
-        if fmt == "canonical":
-            return LabelUse(code, "as is (canonical)")
+        if fmt in ("canonical", "label-studio", "doccano"):
+            return LabelUse(code, f"as is ({fmt})")
         name = default_name(code)
         return LabelUse(name, "built-in" if name != code else "as is")
 
