@@ -23,6 +23,9 @@ def predict(
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Write predictions here as JSON lines "
                                                "{id, text, entities, answer}."),
+    fmt: str = typer.Option("jsonl", "--format", help="--output as jsonl | label-studio (tasks "
+                            "with the spans as predictions) | doccano (JSONL to import); the "
+                            "tools' label config is written beside it."),
     labels: Optional[str] = typer.Option(None, "--labels",
                                          help="Comma-separated label names; default: the run's "
                                               "labels, else 地点,人名,地理实体,组织."),
@@ -45,8 +48,10 @@ def predict(
       echo "张三在北京工作。" | nerft predict runs/ccfbdci -
       nerft predict runs/ccfbdci --input data/ccfbdci/test.jsonl --output preds.jsonl
       nerft predict demo "李白出生于碎叶城。" --labels 人名,地点 --no-constrain
+      nerft predict runs/ccfbdci --input new.txt --output tasks.json --format label-studio
     """
     from nerft.cli.common import fail
+    from nerft.data.annotation_formats import TOOL_FORMATS, PreAnnotated, model_version, write_for_tool
     from nerft.data.example import write_jsonl
     from nerft.infer.predict import InferenceError, predict as run_predict
     from nerft.infer.predict import read_sentences
@@ -55,6 +60,10 @@ def predict(
     err = Console(stderr=True)
     if (text is None) == (input_file is None):
         fail("give either a sentence (or '-' for stdin) or --input FILE, not both or neither")
+    if fmt != "jsonl" and fmt not in TOOL_FORMATS:
+        fail(f"--format {fmt}: choose jsonl, {', '.join(TOOL_FORMATS)}")
+    if fmt != "jsonl" and output is None:
+        fail(f"--format {fmt} writes a file: give --output")
     label_set = tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None
     if labels is not None and not label_set:
         fail("--labels is empty; give names such as 地点,人名,地理实体,组织")
@@ -102,9 +111,15 @@ def predict(
                                 constrained=constrain, progress=lambda n: bar.advance(job, n))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(output, [p.to_dict() for p in preds])
+        config = None
+        if fmt == "jsonl":
+            write_jsonl(output, [p.to_dict() for p in preds])
+        else:  # no score: predict has no margin to give (`nerft select` scores its tasks)
+            config = write_for_tool(output, [PreAnnotated(p.id, p.text, p.entities) for p in preds],
+                                    fmt, task.labels, model_version(run_or_model))
         found = sum(len(p.entities) for p in preds)
-        err.print(f"{len(preds):,} sentences, {found:,} entities → {output}", highlight=False)
+        err.print(f"{len(preds):,} sentences, {found:,} entities → {output}"
+                  + (f"; label config → {config}" if config else ""), highlight=False)
     else:
         _print(out, preds)
 

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from nerft.data.annotation_formats import PreAnnotated
 from nerft.data.example import Span
 from nerft.infer.constrain import AnswerConstraint
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
@@ -41,6 +42,24 @@ class Scored:
     @property
     def uncertainty(self) -> float:
         return -self.margin
+
+    @property
+    def score(self) -> float:
+        """The score an annotation tool sorts by (Label Studio's prediction `score`).
+
+        logistic(margin) = p(chosen) / (p(chosen) + p(rival)) at the answer's closest call:
+        the chosen token's share against its best rival there. 0.5 is a coin toss; 1.0 an
+        answer that left no choice open (no decision, margin infinite). It orders sentences
+        exactly as the margin does, so sorting by score ascending is `select`'s ranking."""
+        if math.isinf(self.margin):
+            return 1.0
+        return round(1.0 / (1.0 + math.exp(min(-self.margin, 700.0))), 6)
+
+    def pre_annotated(self, rank: int) -> PreAnnotated:
+        """The row for an annotation tool: the guesses, the score, the rank beside the text."""
+        return PreAnnotated(self.id, self.text, self.entities, self.score,
+                            {"rank": rank, "uncertainty": None if math.isinf(self.margin)
+                             else round(self.uncertainty, 6)})  # JSON has no infinity
 
     def to_row(self, rank: int) -> dict:
         """A canonical row: the model's guesses as pre-annotations, the score beside them."""
