@@ -51,7 +51,8 @@ def predict(
       nerft predict runs/ccfbdci --input new.txt --output tasks.json --format label-studio
     """
     from nerft.cli.common import fail
-    from nerft.data.annotation_formats import TOOL_FORMATS, PreAnnotated, model_version, write_for_tool
+    from nerft.data.annotation_formats import (TOOL_FORMATS, PreAnnotated, model_version,
+                                               write_for_tool)
     from nerft.data.example import write_jsonl
     from nerft.infer.predict import InferenceError, predict as run_predict
     from nerft.infer.predict import read_sentences

@@ -138,17 +138,18 @@ def model_version(model_ref: str) -> str:
     return path.resolve().name if path.is_dir() else model_ref
 
 
-def write_for_tool(out: Path, rows: list[PreAnnotated], tool: str, labels, model_version: str) -> Path:
+def write_for_tool(out: Path, rows: list[PreAnnotated], tool: str, labels, version: str) -> Path:
     """Write the tasks for `tool` to `out` and its label config beside; return the config's path.
 
     Label Studio gets a JSON list with one task per line (its importer reads the list; a
-    reader finds a task by line); doccano gets JSON lines."""
+    reader finds a task by line), `version` as the predictions' model_version; doccano gets
+    JSON lines."""
     out = Path(out)
     config = config_path(out, tool)
     if tool == "label-studio":
-        tasks = [json.dumps(t, ensure_ascii=False) for t in label_studio_tasks(rows, model_version)]
-        write_lines(out, ["[", *(t + ("," if i < len(tasks) - 1 else "") for i, t in enumerate(tasks)),
-                          "]"])
+        tasks = [json.dumps(t, ensure_ascii=False) for t in label_studio_tasks(rows, version)]
+        last = len(tasks) - 1
+        write_lines(out, ["[", *(t + ("," if i < last else "") for i, t in enumerate(tasks)), "]"])
         write_text(config, label_studio_config(labels))
     elif tool == "doccano":
         write_lines(out, (json.dumps(r, ensure_ascii=False) for r in doccano_rows(rows)))

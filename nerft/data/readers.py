@@ -335,9 +335,9 @@ def _label_studio_task(task, file: str, number: int) -> list[Row]:
         raise _FieldError("bad_type", "should be an object")
     data = _field(task, "data", dict)
     if LS_TEXT_NAME not in data:
-        raise _FieldError("missing_field", f"missing field data.{LS_TEXT_NAME!r} (the label config's "
-                                           f"<Text value=\"${LS_TEXT_NAME}\">); data has "
-                                           f"{', '.join(map(str, list(data)[:5])) or 'nothing'}")
+        keys = ", ".join(map(str, list(data)[:5])) or "nothing"
+        raise _FieldError("missing_field", f"missing field data.{LS_TEXT_NAME!r} (the label "
+                          f"config's <Text value=\"${LS_TEXT_NAME}\">); data has {keys}")
     text = _field(data, LS_TEXT_NAME, str, "data.")
     key = "annotations" if "annotations" in task or "completions" not in task else "completions"
     annotations = task.get(key, [])
@@ -351,8 +351,8 @@ def _label_studio_task(task, file: str, number: int) -> list[Row]:
                           f"{ident} has no annotation" + (" (predictions are not labels)"
                                                           if task.get("predictions") else ""))]
     if not live:
-        return [Rejection(file, number, "annotation_cancelled",
-                          f"{ident}: every annotation ({len(annotations)}) was cancelled (skipped)")]
+        return [Rejection(file, number, "annotation_cancelled", f"{ident}: every annotation "
+                          f"({len(annotations)}) was cancelled (skipped)")]
     # ISO timestamps sort as text; a missing one sorts first, list order breaks ties.
     index, chosen = max(live, key=lambda ia: (str(ia[1].get("created_at") or ""), ia[0]))
     notes: list[Row] = []  # returned with the row only once the whole task has parsed
@@ -360,8 +360,9 @@ def _label_studio_task(task, file: str, number: int) -> list[Row]:
         cancelled = len(annotations) - len(live)
         notes.append(Rejection(
             file, number, "other_annotations",
-            f"{ident}: read the latest annotation ({chosen.get('id', index)}), set {len(annotations) - 1} "
-            "other" + (f" ({cancelled} cancelled)" if cancelled else "") + " aside",
+            f"{ident}: read the latest annotation ({chosen.get('id', index)}), set "
+            f"{len(annotations) - 1} other" + (f" ({cancelled} cancelled)" if cancelled else "")
+            + " aside",
             action="repaired"))
     spans, ignored = [], set()
     for k, result in enumerate(_field(chosen, "result", list, f"{key}[{index}].")):
