@@ -38,6 +38,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
+from nerft.atomic import staged_folder
 from nerft.errors import NerftError
 from nerft.export.grammar import answer_grammar
 from nerft.infer.predict import Decoded
@@ -216,11 +217,10 @@ def merged_weights(ref: str) -> Path:
     if (folder / "config.json").is_file():
         return folder
     model, tokenizer, _ = load_model(ref, device="cpu")
-    staging = folder.with_name(folder.name + f".tmp-{uuid.uuid4().hex[:8]}")
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    shutil.rmtree(folder, ignore_errors=True)  # what a killed earlier merge left half written
+    with staged_folder(folder) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return folder
 
 
