@@ -11,7 +11,8 @@ from typing import Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from nerft.data.prepared import NotPreparedData, PreparedData
+from nerft.data.labels import GuidelineError, parse_guidelines, read_guidelines
+from nerft.data.prepared import GUIDELINE_SOURCES, NotPreparedData, PreparedData
 from nerft.errors import NerftError
 
 
@@ -26,6 +27,12 @@ class _Section(BaseModel):
 # How the model writes an answer (nerft.task.prompt writes and parses each one).
 AnswerFormatName = Literal["json", "compact"]
 ANSWER_FORMATS: tuple[str, ...] = get_args(AnswerFormatName)
+
+# Where a run's label guidelines come from (nerft.data.prepared.PreparedData.task_guidelines).
+GuidelineSource = Literal["prepared", "preset", "off"]
+assert get_args(GuidelineSource) == GUIDELINE_SOURCES
+# Presets stay opt-in (`preset`) until measured to help: BENCHMARKS.md "Task guidelines".
+DEFAULT_GUIDELINES = "prepared"
 
 
 class DataConfig(_Section):
@@ -43,6 +50,31 @@ class DataConfig(_Section):
     answer_format: AnswerFormatName = Field(
         "json", description="how the model writes its answer: the worked example's JSON lines, "
         "or compact '\"text\": \"label\"' lines (about half the answer tokens)")
+    guidelines: Union[GuidelineSource, dict, Path] = Field(
+        DEFAULT_GUIDELINES, description="label definitions and examples written into the "
+        "instruction: prepared (those of `nerft data prepare --labels FILE`), preset (those "
+        "laid over the shipped corpora's preset ones), off, or a labels.yaml file or inline "
+        "mapping {label: {description, examples, not}} laid over the prepared ones")
+
+    @field_validator("guidelines", mode="before")
+    @classmethod
+    def _guideline_source(cls, value):
+        # YAML 1.1 reads a bare `off` as false; users mean the setting.
+        return "off" if value is False else value
+
+    @field_validator("guidelines")
+    @classmethod
+    def _readable_guidelines(cls, value):
+        # A file or mapping is checked here (its fields); its labels are checked against the
+        # data's label set when training builds the task.
+        try:
+            if isinstance(value, Path):
+                read_guidelines(value)
+            elif isinstance(value, dict):
+                parse_guidelines(value, "data.guidelines")
+        except GuidelineError as e:
+            raise ValueError(str(e)) from None
+        return value
 
 
 class ModelConfig(_Section):

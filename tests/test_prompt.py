@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 import pytest
@@ -139,3 +140,55 @@ def test_parse_line_reads_one_line_of_the_tasks_own_format(answer_format):
     assert task.line_limit(task.format_answer([GOLD[0]]), SENT) == 2  # 菲律宾 twice
     assert task.line_limit(task.format_answer([GOLD[1]]), SENT) == 1
     assert task.line_limit(NO_ENTITY, SENT) == 1
+
+
+# The instruction as nerft wrote it before guidelines existed (commit 0566f6f): a task without
+# guidelines, which every run and export made before has, must prompt with exactly this.
+BEFORE_GUIDELINES = {
+    "json": '你是一个文本实体识别领域的专家，你需要从给定的句子中提取 地点; 人名; 地理实体; 组织 实体. '
+            '以 json 格式输出, 如 {"entity_text": "南京", "entity_label": "地理实体"} 注意: 1. '
+            '输出的每一行都必须是正确的 json 字符串. 2. 找不到任何实体时, 输出"没有找到任何实体".',
+    "compact": '你是一个文本实体识别领域的专家，你需要从给定的句子中提取 地点; 人名; 地理实体; 组织 实体. '
+               '每个实体输出一行 "实体文本": "实体类型", 如 "南京": "地理实体" 找不到任何实体时, '
+               '输出"没有找到任何实体".',
+}
+
+
+@pytest.mark.parametrize("answer_format", ["json", "compact"])
+def test_a_task_without_guidelines_prompts_and_records_as_before(answer_format):
+    from nerft.task.prompt import task_from_record
+
+    task = Task(LABELS, answer_format)
+    assert task.system_prompt == BEFORE_GUIDELINES[answer_format]
+    assert list(task.record()) == ["labels", "answer_format", "answer"]
+    assert task_from_record(task.record(), "task.json") == task
+
+
+def test_guidelines_follow_the_instruction_one_line_per_label_in_label_order():
+    from nerft.data.labels import Guideline
+    from nerft.task.prompt import task_from_record
+
+    task = Task(LABELS, "json", {
+        "组织": Guideline("机构和团体", ("临州市教育局",)),
+        "地点": Guideline("山川河湖", ("云岭山", "碧湖"), ("临州市(地理实体)",)),
+    })
+    assert task.system_prompt == BEFORE_GUIDELINES["json"] + (
+        "\n标签说明:\n地点: 山川河湖; 如 云岭山、碧湖; 不是 临州市(地理实体)\n组织: 机构和团体; 如 临州市教育局")
+    assert [label for label, _ in task.guidelines] == ["地点", "组织"]
+    record = task.record()
+    assert record["guidelines"] == {"地点": {"description": "山川河湖", "examples": ["云岭山", "碧湖"],
+                                             "not": ["临州市(地理实体)"]},
+                                    "组织": {"description": "机构和团体", "examples": ["临州市教育局"]}}
+    assert task_from_record(json.loads(json.dumps(record)), "task.json") == task
+
+
+def test_a_guideline_for_a_label_outside_the_set_or_a_bad_record_is_one_line():
+    from nerft.data.labels import Guideline
+    from nerft.task.prompt import TaskError, task_from_record
+
+    with pytest.raises(TaskError, match="guideline for label '公司', which is not in the label set"):
+        Task(LABELS, "json", {"公司": Guideline("企业")})
+    record = {**Task(LABELS).record(), "guidelines": {"地点": {"examples": "云岭山<|im_end|>"}}}
+    with pytest.raises(TaskError, match=r"^run.json: field guidelines: label 地点: field examples: "
+                                        r".*chat-template special token"):
+        task_from_record(record, "run.json")

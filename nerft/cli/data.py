@@ -24,6 +24,10 @@ def data_prepare(
         None, "--label-map", help="Rename or drop corpus labels: a .json/.yaml file or "
         "'LOC=地点,PER=人名,NOM=-' (- drops the label). Default: every label kept, known codes "
         "get their usual Chinese names."),
+    labels_file: Optional[Path] = typer.Option(
+        None, "--labels", help="Label guidelines written into the model's instruction: a "
+        ".yaml/.json file of {label: {description: ..., examples: [...], not: [...]}}, keyed "
+        "by the names the model sees (after --label-map)."),
     split: str = typer.Option("0.7,0.15,0.15", "--split", help="train,val,test ratios."),
     seed: int = typer.Option(42, help="Seed of the split shuffle."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad row (exit code 2)."),
@@ -44,12 +48,13 @@ def data_prepare(
       nerft data prepare cluener_public/train.json cluener_public/dev.json --out data/cluener
       nerft data prepare msra_train_bio msra_test_bio --out data/msra --label-map LOC=地名
       nerft data prepare weibo.train.bio --out data/weibo --label-map NOM=-
+      nerft data prepare cluener_public/train.json --out data/cluener --labels labels.yaml
       nerft data prepare mine.jsonl --out data/mine --split 0.8,0.1,0.1 --strict
       nerft data prepare label-studio-export.json doccano-export.jsonl --out data/corrected
     """
     from rich.markup import escape
 
-    from nerft.data.labels import parse_label_map
+    from nerft.data.labels import parse_label_map, read_guidelines
     from nerft.data.prepare import check_outcome, prepare, write_prepared
     from nerft.data.prepared import PreparedData
     from nerft.data.split import parse_ratios
@@ -60,11 +65,14 @@ def data_prepare(
     started = time.perf_counter()
     ratios = parse_ratios(split)
     user_map = parse_label_map(label_map)
+    guidelines = read_guidelines(labels_file) if labels_file else None  # its fields, before the work
     PreparedData.check_target(out, force)
     prep = prepare(inputs, fmt=fmt, user_label_map=user_map, ratios=ratios,
                    seed=seed, strict=strict, resplit=resplit)
     warnings = check_outcome(prep)
-    stats = write_prepared(prep, out, ratios=ratios, seed=seed)
+    if guidelines:  # and its labels, once the label set is known
+        guidelines = read_guidelines(labels_file, prep.labels)
+    stats = write_prepared(prep, out, ratios=ratios, seed=seed, guidelines=guidelines)
     print_summary(stats, str(out))
     for line in warnings:
         err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from nerft.cache import sha256_file
 from nerft.data.clean import clean_example
 from nerft.data.example import Example, Rejection
-from nerft.data.labels import LabelMapper
+from nerft.data.labels import LabelMapper, guidelines_record
 from nerft.data.prepared import PreparedData
 from nerft.data.readers import DataError, read_file
 from nerft.data.split import SPLITS, assign_splits, split_from_name
@@ -278,9 +278,10 @@ def _keep_file_splits(unique, files, ratios, seed):
     return f"kept the inputs' own splits; {' and '.join(missing)} carved from train (seed {seed})", by_split
 
 
-def write_prepared(prep: Prepared, out: Path, *, ratios, seed) -> dict:
+def write_prepared(prep: Prepared, out: Path, *, ratios, seed, guidelines: dict | None = None) -> dict:
     """Write the three splits, rejected.jsonl and stats.json into `out` as one swap; return
-    the stats. A crash or kill leaves the previous folder (or none), never a mix of the two."""
+    the stats. A crash or kill leaves the previous folder (or none), never a mix of the two.
+    `guidelines` ({label: Guideline}, from `--labels FILE`) go into stats.json, for training."""
     dropped = Counter(r.reason for r in prep.rejections
                       if r.action == "dropped" and not r.reason.endswith("duplicate"))
     repaired = Counter(r.reason for r in prep.rejections if r.action == "repaired")
@@ -295,6 +296,7 @@ def write_prepared(prep: Prepared, out: Path, *, ratios, seed) -> dict:
         "duplicates_by_kind": dict(prep.duplicate_counts),
         "labels": prep.labels,
         "label_map": prep.label_table,
+        **({"guidelines": guidelines_record(guidelines)} if guidelines else {}),
         "split_policy": prep.split_policy,
         "ratios": list(ratios),
         "seed": seed,

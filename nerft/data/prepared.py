@@ -23,12 +23,15 @@ from pathlib import Path
 from nerft import atomic
 from nerft.cache import sha256_file
 from nerft.data.example import Example, read_examples, write_jsonl
+from nerft.data.labels import Guideline, parse_guidelines, preset_guidelines, read_guidelines
 from nerft.data.readers import DataError
 from nerft.data.split import SPLITS
 
 STATS_FILE = "stats.json"
 REJECTED_FILE = "rejected.jsonl"
 _SPLIT_SUFFIX = ".jsonl"
+# data.guidelines' named settings (`task_guidelines`); a file or mapping is the other kind.
+GUIDELINE_SOURCES = ("prepared", "preset", "off")
 
 
 def split_file_name(split: str) -> str:
@@ -105,6 +108,33 @@ class PreparedData:
         """The label set in the order prepare recorded, or None when it recorded none."""
         labels = self.stats.get("labels")
         return tuple(labels) if isinstance(labels, list) and labels else None
+
+    def guidelines(self, labels=None) -> dict[str, Guideline]:
+        """The label guidelines `nerft data prepare --labels FILE` recorded ({} when none)."""
+        found = self.stats.get("guidelines")
+        if not found:
+            return {}
+        return parse_guidelines(found, f"{self.folder / STATS_FILE}: field guidelines", labels)
+
+    def task_guidelines(self, setting, labels) -> dict[str, Guideline]:
+        """The guidelines a run on this data writes into its instruction, as data.guidelines
+        says: `off` none; `prepared` those recorded here; `preset` those laid over the preset
+        ones of its corpus labels; a file (Path) or mapping laid over those recorded here."""
+        labels = tuple(labels)
+        if setting == "off":
+            return {}
+        found = {}
+        if setting == "preset":
+            found.update(preset_guidelines(self.stats.get("label_map") or [], labels))
+        found.update(self.guidelines(labels))
+        if isinstance(setting, Path):
+            found.update(read_guidelines(setting, labels))
+        elif isinstance(setting, dict):
+            found.update(parse_guidelines(setting, "data.guidelines", labels))
+        elif setting not in GUIDELINE_SOURCES:
+            raise ValueError(f"data.guidelines {setting!r}: one of {', '.join(GUIDELINE_SOURCES)}, "
+                             "a file or a mapping")
+        return {label: found[label] for label in labels if label in found}
 
     def sha256(self) -> dict[str, str]:
         """{split file name: sha256} of the split files present (what a run records)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from nerft.data.prepared import PreparedData
 from nerft.export import ExportError
 from nerft.runs.run_dir import WEIGHT_RECORDS, RunDir, RunDirError
+from nerft.task.prompt import Task
 
 
 @dataclass
@@ -25,6 +26,7 @@ class RunSource:
     info: dict = field(default_factory=dict)  # run.json
     data_dir: Path | None = None
     answer_format: str = "json"  # data.answer_format the run was trained with
+    task: Task | None = None  # the run's whole task (labels, answer format, guidelines)
 
     @property
     def config_file(self) -> Path:
@@ -81,4 +83,4 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
                      trust_remote_code=trust_remote_code,
                      method=raw.get("method") if isinstance(raw.get("method"), dict) else {},
                      labels=task.labels, weights=weights, info=info, data_dir=data_dir,
-                     answer_format=task.answer_format)
+                     answer_format=task.answer_format, task=task)

@@ -3,7 +3,7 @@ to guess it.
 
 Deployed copies of fine-tuned extraction models go wrong when the chat template, the stop tokens
 or the system prompt differ from training; this record pins all of them, next to the weights.
-What it says about the task (labels, answer format) is the Task's own (`Task.format_record`,
+What it says about the task (labels, guidelines, answer format) is the Task's own (`Task.record`,
 `task_from_record`); the file itself belongs to `ExportDir`.
 """
 
@@ -33,13 +33,14 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
 def task_record(task: Task, tokenizer, generation_config=None, *, base_model: str = "") -> dict:
     """Everything a runtime needs to prompt the model and read its answers exactly as nerft does."""
     stops = stop_token_ids(tokenizer, generation_config)
+    described = task.record()  # labels, guidelines (when any), answer_format, answer
     return {
         "format": TASK_FORMAT,
-        "labels": list(task.labels),
+        "labels": described.pop("labels"),
+        **({"guidelines": described.pop("guidelines")} if "guidelines" in described else {}),
         "system_prompt": task.system_prompt,
         "user_message": user_message("{text}"),
-        "answer_format": task.answer_format,
-        "answer": task.format_record(),
+        **described,
         "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in stops],
         "stop_token_ids": stops,
         "chat_template": tokenizer.chat_template,

@@ -81,7 +81,7 @@ def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportRes
     except OSError:
         generation = None
     out.copy_adapter(src.weights, skip=src.record_files)  # validation scores: in the card
-    task = Task(src.labels, src.answer_format)
+    task = src.task or Task(src.labels, src.answer_format)
     out.write_task(task_record(task, tokenizer, generation, base_model=src.base))
     out.write_card(card_text(src, kind="adapter", task=task, parity=None, name=name))
     log(f"adapter from {src.weights} with {out.task_file.name} and {out.card.name}")
@@ -93,7 +93,7 @@ def _export_merged(src: RunSource, out: ExportDir, name: str, dtype: str, probes
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     model, tokenizer = _load_run_model(src)
-    task = Task(src.labels, src.answer_format)
+    task = src.task or Task(src.labels, src.answer_format)
     texts = _probe_texts(src, probes)
     log(f"reference answers of the run on {len(texts)} sentences")
     reference = reference_outputs(model, tokenizer, task, texts)

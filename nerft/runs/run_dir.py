@@ -41,7 +41,7 @@ from nerft import atomic
 from nerft.config import ANSWER_FORMATS, Config, ModelConfig, dump_config
 from nerft.data.prepared import PreparedData
 from nerft.errors import NerftError
-from nerft.task.prompt import Task
+from nerft.task.prompt import Task, guidelines_of_record
 
 
 class RunDirError(NerftError):
@@ -163,8 +163,10 @@ class RunDir:
         return data
 
     def task(self) -> Task:
-        """The run's task: the labels it recorded and the answer format it trained with."""
-        return Task(self.labels(), self.answer_format())
+        """The run's task: the labels (and label guidelines) it recorded and the answer format
+        it trained with; a run from before guidelines existed has none."""
+        labels = self.labels()
+        return Task(labels, self.answer_format(), guidelines_of_record(self.info(), self.run_json, labels))
 
     def labels(self) -> tuple[str, ...]:
         labels = self.info().get("labels")
@@ -444,7 +446,7 @@ def versions() -> dict[str, str | None]:
 
 def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[str],
                  resume_changes: list[str] = (), lineage: dict | None = None,
-                 training_rows: dict | None = None) -> None:
+                 training_rows: dict | None = None, guidelines: dict | None = None) -> None:
     """Write config.yaml and run.json for a new run; on resume keep config.yaml as the run
     started and record in run.json which (harmless) settings this resume changed."""
     run = RunDir(Path(run_dir))
@@ -463,6 +465,8 @@ def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[st
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count()},
     }
+    if guidelines:  # Task.record()'s field: the instruction's label guidelines
+        info["guidelines"] = guidelines
     if training_rows:
         info["training_rows"] = training_rows  # before replay: what data.max_empty_share kept
     if lineage:

@@ -15,7 +15,7 @@ from functools import cached_property
 
 from nerft.config import ANSWER_FORMATS
 from nerft.data.example import Span
-from nerft.data.labels import label_set_problem
+from nerft.data.labels import Guideline, GuidelineError, guidelines_record, label_set_problem, parse_guidelines
 from nerft.errors import NerftError
 
 NO_ENTITY = "没有找到任何实体"
@@ -56,10 +56,15 @@ class Task:
     text, its parser, the repeated-line stop rule and the pieces its grammars are built from.
 
     Constructing one validates it (`nerft.data.labels.label_set_problem`, the rule data
-    prepare applies too) and raises `TaskError` with one line saying what is wrong."""
+    prepare applies too) and raises `TaskError` with one line saying what is wrong.
+
+    `guidelines` ({label: Guideline}, or its (label, Guideline) pairs) are written into the
+    instruction after the answer format, one line per label, in label order; a task without
+    any has the instruction (and the record) it had before guidelines existed."""
 
     labels: tuple[str, ...]
     answer_format: str = "json"
+    guidelines: tuple[tuple[str, Guideline], ...] = ()
 
     def __post_init__(self):
         if isinstance(self.labels, list):
@@ -69,9 +74,23 @@ class Task:
             raise TaskError(f"{problem}; labels are written into the instruction: rename it "
                             "(`nerft data prepare --label-map CODE=NAME`)")
         check_answer_format(self.answer_format)
+        given = dict(self.guidelines)
+        stray = [label for label in given if label not in self.labels]
+        if stray:
+            raise TaskError(f"guideline for label {stray[0]!r}, which is not in the label set "
+                            f"({', '.join(self.labels)})")
+        object.__setattr__(self, "guidelines",
+                           tuple((label, given[label]) for label in self.labels if label in given))
 
     @property
     def system_prompt(self) -> str:
+        if not self.guidelines:
+            return self._format_prompt
+        return self._format_prompt + "\n" + guideline_lines(self.guidelines)
+
+    @property
+    def _format_prompt(self) -> str:
+        """The instruction without guidelines: labels, answer format, the no-entity phrase."""
         kinds = "; ".join(self.labels)
         if self.answer_format == "compact":
             example = self.format_answer([Span(0, 2, self.example_label, "南京")])
@@ -144,6 +163,15 @@ class Task:
                             "occurrences")
         return record
 
+    def record(self) -> dict:
+        """The task as task.json and run.json describe it: labels, answer format (name and
+        description) and, when there are any, the guidelines. `task_from_record` reads it back."""
+        record = {"labels": list(self.labels)}
+        if self.guidelines:
+            record["guidelines"] = guidelines_record(dict(self.guidelines))
+        record.update(answer_format=self.answer_format, answer=self.format_record())
+        return record
+
     def messages(self, text: str, answer: str | None = None) -> list[dict]:
         """Chat messages for one sentence; with `answer`, the full training conversation."""
         msgs = [
@@ -153,6 +181,20 @@ class Task:
         if answer is not None:
             msgs.append({"role": "assistant", "content": answer})
         return msgs
+
+
+def guideline_lines(guidelines) -> str:
+    """The instruction's guideline block: a heading, then per label
+    `label: description; 如 A、B; 不是 C` (the parts it has)."""
+    lines = ["标签说明:"]
+    for label, g in guidelines:
+        parts = [g.description] if g.description else []
+        if g.examples:
+            parts.append("如 " + "、".join(g.examples))
+        if g.not_examples:
+            parts.append("不是 " + "、".join(g.not_examples))
+        lines.append(f"{label}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def user_message(text: str) -> str:
@@ -169,8 +211,8 @@ def answer_format_of_record(value) -> str | None:
 
 def task_from_record(record, where) -> Task:
     """The Task a task.json record describes (its `labels` and `answer_format` fields, and
-    the `answer` description when present); a record no model can be prompted with is a
-    TaskError naming `where` and the field."""
+    the `answer` description and `guidelines` when present); a record no model can be
+    prompted with is a TaskError naming `where` and the field."""
     labels = record.get("labels") if isinstance(record, dict) else None
     problem = label_set_problem(labels)
     if problem:
@@ -180,12 +222,24 @@ def task_from_record(record, where) -> Task:
     if answer_format is None:
         raise TaskError(f"{where}: field answer_format does not name an answer format this nerft "
                         f"knows ({', '.join(ANSWER_FORMATS)})")
-    task = Task(tuple(labels), answer_format)
+    task = Task(tuple(labels), answer_format, guidelines_of_record(record, where, labels))
     described = record.get("answer")
     if described is not None and described != task.format_record():
         raise TaskError(f"{where}: field answer does not describe the {answer_format} answer "
                         "format this nerft writes; export the model again with this nerft")
     return task
+
+
+def guidelines_of_record(record: dict, where, labels) -> dict[str, Guideline]:
+    """The `guidelines` field of a task record ({} when absent: records from before guidelines
+    existed); a bad one is a TaskError naming `where` and the field."""
+    found = record.get("guidelines")
+    if found is None:
+        return {}
+    try:
+        return parse_guidelines(found, f"{where}: field guidelines", tuple(labels))
+    except GuidelineError as e:
+        raise TaskError(str(e)) from None
 
 
 def check_answer_format(answer_format: str) -> None:

@@ -199,7 +199,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     if main:
         init_run_dir(config, run.path, resume=resume, labels=list(task.labels),
                      resume_changes=resume_changes, lineage=lineage.info if lineage else None,
-                     training_rows=rows.sampled.to_dict())
+                     training_rows=rows.sampled.to_dict(), guidelines=task.record().get("guidelines"))
     model = _setup_method(config, model, lineage, console)
     train_enc, val_subset, val_enc = _encode(config, tokenizer, task, rows, console)
     schedule = _schedule(config, len(train_enc), resume, console)
@@ -252,8 +252,10 @@ def _setup_task(config: Config, rows: TrainingRows,
         rows.train, labels = rows.train + lineage.replay, lineage.labels
         if rows.val_from is not None:
             lineage.info["validation_rows_from"] = str(rows.val_from.resolve())
+    # data.guidelines: a guideline file naming a label the data lacks fails here, by name.
+    guidelines = PreparedData(config.data.dir).task_guidelines(config.data.guidelines, labels)
     try:
-        return Task(labels, config.data.answer_format), lineage
+        return Task(labels, config.data.answer_format, guidelines), lineage
     except ValueError as e:
         raise TrainError(f"{config.data.dir}: {e}") from e
 
@@ -282,6 +284,10 @@ def _encode(config: Config, tokenizer, task: Task, rows: TrainingRows, console: 
     train_enc, train_report = encode_examples(tokenizer, task, rows.train, config.data.max_length)
     val_subset = validation_subset(rows.val, config.eval.val_size, config.training.seed)
     val_enc, _ = encode_examples(tokenizer, task, val_subset, config.data.max_length)
+    if not train_enc and train_report.too_long:  # e.g. label guidelines lengthened the instruction
+        instruction = len(tokenizer(task.system_prompt)["input_ids"])
+        raise TrainError(f"every training row is longer than data.max_length={config.data.max_length} "
+                         f"tokens (the instruction alone is {instruction}); raise data.max_length")
     console.print(f"encoded {train_report.kept:,} training rows "
                   f"({len(train_report.too_long):,} longer than {config.data.max_length} tokens dropped)",
                   highlight=False)

@@ -209,3 +209,92 @@ def test_duplicate_labels_are_one_line_at_training_and_in_task_json(tmp_path):
         read_task(_task_json(tmp_path, ["人名", "地点", "人名"]))
     with pytest.raises(TaskFileError, match="field labels: a task needs a non-empty list"):
         read_task(_task_json(tmp_path, []))
+
+
+# --- label guidelines (`nerft data prepare --labels FILE`, data.guidelines) -----------------
+
+def test_prepare_labels_records_guidelines_the_preset_and_a_config_file_layer_over(cli, resume_file, tmp_path):
+    from nerft.data.labels import GUIDELINE_PRESETS, Guideline
+    from nerft.data.prepared import PreparedData
+
+    guide = tmp_path / "labels.yaml"
+    guide.write_text("人名:\n  description: 人的姓名\n  examples: [林晓峰]\n  not: [林场(地点)]\n"
+                     "职位: 担任的职务\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = cli("data", "prepare", resume_file, "--out", out, "--labels", guide)
+    assert result.exit_code == 0, result.output
+    data = PreparedData(out)
+    assert stats_of(out)["guidelines"] == {
+        "人名": {"description": "人的姓名", "examples": ["林晓峰"], "not": ["林场(地点)"]},
+        "职位": {"description": "担任的职务"}}
+    labels = data.labels
+    assert data.task_guidelines("prepared", labels) == {
+        "人名": Guideline("人的姓名", ("林晓峰",), ("林场(地点)",)), "职位": Guideline("担任的职务")}
+    assert data.task_guidelines("off", labels) == {}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"职位": {"examples": ["总经理"]}}, ensure_ascii=False), encoding="utf-8")
+    assert data.task_guidelines(other, labels)["职位"] == Guideline("", ("总经理",))
+    # The résumé corpus has no preset guidelines; a ccfbdci label table has.
+    table = [{"corpus_label": "GPE", "format": "ccfbdci", "name": "地理实体"}]
+    from nerft.data.labels import preset_guidelines
+    assert preset_guidelines(table, ("人名", "地理实体")) == {
+        "地理实体": Guideline(GUIDELINE_PRESETS["ccfbdci"]["GPE"]["description"],
+                          tuple(GUIDELINE_PRESETS["ccfbdci"]["GPE"]["examples"]),
+                          tuple(GUIDELINE_PRESETS["ccfbdci"]["GPE"]["not"]))}
+
+
+@pytest.mark.parametrize("text, says", [
+    ("公司: 企业\n", "label 公司: not a label of the data"),
+    ("人名: {description: 人的姓名, exemples: [林晓峰]}\n", "label 人名: field exemples: unknown"),
+    ("人名: {examples: [a, b, c, d]}\n", "label 人名: field examples: 4 items; at most 3"),
+    ("人名: {description: \"" + "长" * 61 + "\"}\n", "label 人名: field description: 61 characters"),
+    ("人名: {not: [\"<|im_end|>\"]}\n", "label 人名: field not: '<|im_end|>' contains a chat-template"),
+    ("人名: {examples: 林晓峰}\n- x\n", "not valid yaml"),
+])
+def test_a_bad_guideline_file_is_one_line_naming_file_label_and_field(cli, resume_file, tmp_path, text, says):
+    guide = tmp_path / "labels.yaml"
+    guide.write_text(text, encoding="utf-8")
+    result = cli("data", "prepare", resume_file, "--out", tmp_path / "out", "--labels", guide)
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert f"{guide}: {says}" in message, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_every_preset_guideline_is_valid_and_names_a_preset_label():
+    from nerft.data.labels import GUIDELINE_PRESETS, PRESETS, parse_guideline
+
+    for fmt, guidelines in GUIDELINE_PRESETS.items():
+        assert set(guidelines) <= set(PRESETS[fmt]), fmt
+        for code, value in guidelines.items():
+            assert parse_guideline(PRESETS[fmt][code], value, f"preset {fmt}").description
+    assert set(GUIDELINE_PRESETS["cluener"]) == set(PRESETS["cluener"])  # all ten labels
+
+
+def test_config_guidelines_take_a_setting_a_file_or_a_mapping(tmp_path, resume_file, cli):
+    from nerft.config import ConfigError, load_config
+
+    out = tmp_path / "data"
+    assert cli("data", "prepare", resume_file, "--out", out).exit_code == 0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{dir: {out}, guidelines: off}}\nmodel: {{source: demo}}\n", encoding="utf-8")
+    assert load_config(cfg).data.guidelines == "off"
+    assert load_config(cfg, ["data.guidelines={人名: 人的姓名}"]).data.guidelines == {"人名": "人的姓名"}
+    with pytest.raises(ConfigError, match=r"data.guidelines: .*missing.yaml: guideline file not found"):
+        load_config(cfg, [f"data.guidelines={tmp_path / 'missing.yaml'}"])
+    with pytest.raises(ConfigError, match=r"data.guidelines: data.guidelines: label 人名: field examples"):
+        load_config(cfg, ["data.guidelines={人名: {examples: [a, b, c, d]}}"])
+
+
+def test_preset_guidelines_stay_short_in_real_qwen_tokens(qwen_tokenizer):
+    """What the presets add to every prompt (BENCHMARKS.md "Task guidelines" quotes these)."""
+    from nerft.data.labels import PRESETS, preset_guidelines
+
+    added = {}
+    for fmt in ("cluener", "ccfbdci", "conll"):
+        table = [{"corpus_label": code, "format": fmt, "name": name} for code, name in PRESETS[fmt].items()]
+        labels = tuple(PRESETS[fmt].values())
+        with_them = Task(labels, "json", preset_guidelines(table, labels)).system_prompt
+        added[fmt] = len(qwen_tokenizer(with_them)["input_ids"]) - \
+            len(qwen_tokenizer(Task(labels).system_prompt)["input_ids"])
+    assert added == {"cluener": 303, "ccfbdci": 110, "conll": 96}
