@@ -108,16 +108,7 @@ def parse_label_map(spec: str | None) -> dict[str, str]:
         return {}
     path = Path(spec)
     if path.suffix in (".json", ".yaml", ".yml"):
-        if not path.is_file():
-            raise LabelMapError(f"{path}: label map file not found")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
-            raise LabelMapError(f"{path}: cannot read the label map: {e}") from None
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise LabelMapError(f"{path}: not valid {path.suffix[1:]}: {e}") from None
+        data = _read_mapping_file(path, "label map", LabelMapError)
         if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()
         ):
@@ -140,6 +131,21 @@ def parse_label_map(spec: str | None) -> dict[str, str]:
         if problem:
             raise LabelMapError(f"{where}label map {key}={value!r}: the name {problem}")
     return mapping
+
+
+def _read_mapping_file(path: Path, what: str, error: type[NerftError]):
+    """The content of a .json or .yaml/.yml file (a label map, a guideline file); a missing,
+    unreadable or unparsable file is `error` naming the file."""
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read the {what}: {e}") from None
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise error(f"{path}: not valid {path.suffix[1:]}: {e}") from None
 
 
 def default_name(code: str) -> str:
@@ -326,17 +332,7 @@ def read_guidelines(path, labels=None) -> dict[str, Guideline]:
     path = Path(path)
     if path.suffix not in (".json", ".yaml", ".yml"):
         raise GuidelineError(f"{path}: a guideline file is .yaml, .yml or .json")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise GuidelineError(f"{path}: guideline file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GuidelineError(f"{path}: cannot read the guideline file: {e}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise GuidelineError(f"{path}: not valid {path.suffix[1:]}: {str(e).splitlines()[0]}") from None
-    return parse_guidelines(data, str(path), labels)
+    return parse_guidelines(_read_mapping_file(path, "guideline file", GuidelineError), str(path), labels)
 
 
 def guidelines_record(guidelines: dict[str, Guideline]) -> dict[str, dict]:
