@@ -25,6 +25,7 @@ class RunSource:
     info: dict = field(default_factory=dict)  # run.json
     data_dir: Path | None = None
     answer_format: str = "json"  # data.answer_format the run was trained with
+    head: str = "generate"  # method.head: generate, or tagger (a token-classification head)
 
     @property
     def config_file(self) -> Path:
@@ -70,6 +71,7 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
         rd = RunDir.open(Path(run))
         model, task, weights, raw, info = (rd.model_config(), rd.task(), rd.weights(),
                                            rd.raw_config(), rd.info())
+        head = rd.head()
     except RunDirError as e:
         raise ExportError(str(e)) from e
     if not (weights / "adapter_config.json").is_file() and not (weights / "config.json").is_file():
@@ -81,4 +83,4 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
                      trust_remote_code=trust_remote_code,
                      method=raw.get("method") if isinstance(raw.get("method"), dict) else {},
                      labels=task.labels, weights=weights, info=info, data_dir=data_dir,
-                     answer_format=task.answer_format)
+                     answer_format=task.answer_format, head=head)
