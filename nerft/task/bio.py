@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from nerft.data.example import Span
 
 OUTSIDE = "O"
-IGNORE = -100
 _PIECES = re.compile(r"[A-Za-z]+|.", re.S)
 
 

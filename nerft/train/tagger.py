@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from nerft.data.example import Example
-from nerft.task.bio import IGNORE, TagReport, token_tags, tokenize_sentences
+from nerft.task.bio import TagReport, token_tags, tokenize_sentences
+from nerft.train.collate import summed_cross_entropy
 from nerft.train.encode import EncodeReport, Encoded
 
 # Printed by `nerft train` for a tagger run, so nobody looks for settings that do nothing.
@@ -41,13 +42,6 @@ def tagging_loss(model, inputs: dict[str, torch.Tensor],
     """Cross-entropy of the head's tags over the real tokens (padding is IGNORE), summed and
     divided by `num_items` (the Trainer's count of tagged tokens over the accumulated batch),
     as `answer_only_loss` returns it: (loss, number of tagged tokens)."""
-    labels = inputs["labels"]
     out = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                 use_cache=False)
-    logits = out.logits.float()
-    loss_sum = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
-        reduction="sum")
-    count = (labels != IGNORE).sum()
-    denom = num_items if num_items is not None else count.clamp(min=1)
-    return loss_sum / denom, count
+    return summed_cross_entropy(out.logits, inputs["labels"], num_items)

@@ -86,11 +86,11 @@ def test_nerft_serve_answers_a_tagger_run_like_predict(tagger_run, expected, tmp
         server.stop()
 
 
-def test_adapter_and_merged_exports_of_a_lora_tagger_answer_like_the_run(tmp_path, tagger_lora_export_run):
+def test_adapter_and_merged_exports_of_a_lora_tagger_answer_like_the_run(tmp_path, tagger_lora_run):
     from nerft.export import ExportError
     from nerft.export.workflow import export_run
 
-    run = tagger_lora_export_run
+    run = tagger_lora_run
     texts = ["张三在北京大学读书。", EXTRA, "联合国秘书长访问了日内瓦。"]
     want = decoder_for(*load_model(str(run))).tag_logits(texts)[1]
     adapter = export_run(run, tmp_path / "adapter")
@@ -107,26 +107,3 @@ def test_adapter_and_merged_exports_of_a_lora_tagger_answer_like_the_run(tmp_pat
     with pytest.raises(ExportError, match="tagging head .* llama.cpp cannot run"):
         export_run(run, tmp_path / "gguf", merge=True, gguf="q8_0")
     assert not (tmp_path / "gguf").exists()
-
-
-@pytest.fixture(scope="module")
-def tagger_lora_export_run(tmp_path_factory, tagger_run, tiny_model_dir):
-    """Two LoRA steps with the tagging head: its adapter carries the head (modules_to_save)."""
-    from rich.console import Console
-
-    from nerft.config import Config
-    from nerft.train.workflow import train
-
-    _, data = tagger_run
-    out = tmp_path_factory.mktemp("tagger-export") / "run"
-    train(Config.model_validate({
-        "data": {"dir": str(data)},
-        "model": {"source": str(tiny_model_dir), "dtype": "float32"},
-        "method": {"kind": "lora", "head": "tagger", "lora_r": 4, "lora_alpha": 8,
-                   "target_modules": ["q_proj", "v_proj"]},
-        "training": {"output_dir": str(out), "max_steps": 2, "batch_size": 8, "grad_accum": 1,
-                     "lr": 1e-2, "save_steps": 100},
-        "eval": {"eval_steps": 2, "at_start": False, "val_size": 4, "batch_size": 4},
-        "tracking": {"swanlab": "off"},
-    }), console=Console(stderr=True, quiet=True))
-    return out

@@ -78,30 +78,6 @@ def test_nerft_eval_scores_a_tagger_run_with_exact_offsets(tagger_run):
             assert row["text"][e["start"]:e["end"]] == e["text"]
 
 
-@pytest.fixture(scope="module")
-def tagger_lora_run(tmp_path_factory, tagger_run, tiny_model_dir):
-    """A few LoRA steps with method.head tagger (not enough to learn; enough to move the head)."""
-    from rich.console import Console
-
-    from nerft.config import Config
-    from nerft.train.workflow import train
-
-    _, data = tagger_run
-    out = tmp_path_factory.mktemp("tagger-lora") / "run"
-    config = Config.model_validate({
-        "data": {"dir": str(data)},
-        "model": {"source": str(tiny_model_dir), "dtype": "float32"},
-        "method": {"kind": "lora", "head": "tagger", "lora_r": 4, "lora_alpha": 8,
-                   "target_modules": ["q_proj", "v_proj"]},
-        "training": {"output_dir": str(out), "max_steps": 4, "batch_size": 8, "grad_accum": 1,
-                     "lr": 1e-2, "save_steps": 100},
-        "eval": {"eval_steps": 4, "at_start": False, "val_size": 8, "batch_size": 8},
-        "tracking": {"swanlab": "off"},
-    })
-    train(config, console=Console(stderr=True, quiet=True))
-    return out
-
-
 def test_lora_tagger_saves_its_trained_head_with_the_adapter_and_reloads_it(tagger_lora_run, tiny_model_dir):
     from transformers import AutoModelForTokenClassification
 
