@@ -115,3 +115,19 @@ def test_a_tagger_refuses_other_labels_and_init_from(tagger_lora_run, tagger_run
     with pytest.raises(ValueError, match="init_from is not supported with method.head tagger"):
         Config.model_validate({"init_from": str(tagger_lora_run), "data": {"dir": str(data)},
                                "model": {"source": "demo"}, "method": {"head": "tagger"}})
+
+
+def test_freeze_and_lora_train_the_new_head(tiny_model_dir):
+    from nerft.config import MethodConfig
+    from nerft.models.base import load_model_and_tokenizer
+    from nerft.train.method import apply_method
+
+    tags = tag_names(LABELS)
+    for method in (MethodConfig(kind="freeze", head="tagger", top_k_layers=1),
+                   MethodConfig(kind="lora", head="tagger", target_modules=["q_proj"])):
+        model, _ = load_model_and_tokenizer(str(tiny_model_dir), tags=tags)
+        model, _ = apply_method(model, method)
+        trains = {n: p.requires_grad for n, p in model.named_parameters() if "score" in n}
+        # LoRA: PEFT keeps the original head frozen and trains its copy (modules_to_save)
+        assert {n for n, t in trains.items() if t} == {n for n in trains if "original_module" not in n}, trains
+        assert not any(p.requires_grad for n, p in model.named_parameters() if "embed_tokens" in n)
