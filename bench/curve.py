@@ -5,12 +5,15 @@
     python -m bench.curve --corpus ccfbdci --sizes 160 640 --name curve-ccfbdci
     python -m bench.curve --corpus msra --sizes 640 --test 100 --resume   # add points to curve.json
     python -m bench.curve --combine curve curve-2560-lr2e-4 --name curve-auto   # one table, trains nothing
+    python -m bench.curve --corpus ccfbdci --sizes 160 --test 100 --set method.head=tagger --name curve-tagger
 
 For each corpus: `nerft data prepare` on its files from $NERFT_DATA (into --work, never into the
 repository), a fixed test slice (the first --test rows of test.jsonl after a seeded shuffle), the untrained model's
 strict micro F1 on it (size 0: zero-shot), then for each size one `nerft train` with the recipe
 (--config, default configs/demo-cpu.yaml; data.train_limit=SIZE, one epoch) and the F1 of its
-best/ adapter on the same slice. Writes bench/results/<name>.json, .md and .png (F1 against
+best/ adapter on the same slice (with `--set method.head=tagger` there is no zero-shot point: an
+untrained tagging head tags at random). Each point also records the training rate `nerft train`
+printed last (samples_per_s) and the test sentences decoded per second. Writes bench/results/<name>.json, .md and .png (F1 against
 training sentences, one line per corpus) and prints the table.
 
 Sparse corpora (most sentences without any entity, as on social media) are built from the shared
@@ -110,7 +113,8 @@ def f1_on(model_ref: str, test, labels, batch_size: int) -> dict:
     ev = evaluate_model(model_ref, test, labels, name=model_ref, batch_size=batch_size)
     strict = ev.result.scores["strict"].micro
     return {"f1": round(strict.f1, 4), "precision": round(strict.precision, 4),
-            "recall": round(strict.recall, 4), "eval_seconds": round(ev.seconds, 1)}
+            "recall": round(strict.recall, 4), "eval_seconds": round(ev.seconds, 1),
+            "sentences_per_s": round(len(test) / max(ev.seconds, 1e-9), 2)}
 
 
 def run_point(corpus_dir: Path, size: int, args, work: Path) -> dict:
@@ -127,8 +131,14 @@ def run_point(corpus_dir: Path, size: int, args, work: Path) -> dict:
     started = time.perf_counter()
     summary = train(config, overwrite=True, console=Console(stderr=True, quiet=True))
     seconds = time.perf_counter() - started
+    from nerft.runs.run_dir import RunDir, read_json_lines
+
+    # the training rate `nerft train` prints (its last logged step): samples over the wall time
+    # since training began, validation pauses included
+    rates = [m["samples_per_s"] for m in read_json_lines(RunDir(run_dir).metrics) if "samples_per_s" in m]
     return {"run": str(run_dir), "steps": summary.steps, "best_step": summary.best_step,
-            "best_val_f1": summary.best_f1, "train_seconds": round(seconds, 1)}
+            "best_val_f1": summary.best_f1, "train_seconds": round(seconds, 1),
+            "samples_per_s": rates[-1] if rates else None}
 
 
 def main(argv=None) -> dict:
@@ -181,7 +191,8 @@ def main(argv=None) -> dict:
         kept = results["corpora"].get(name, {}).get("points", {})
         row["points"].update(kept)
         results["corpora"][name] = row
-        if "0" not in kept:
+        # an untrained tagging head tags at random: the zero-shot point is generation's
+        if "0" not in kept and _recipe(args, folder).method.head != "tagger":
             row["points"]["0"] = f1_on(_model_source(args, folder), test, labels, batch_size=16)
             _say(name, 0, row["points"]["0"])
             _write(results, out_json)
@@ -237,10 +248,14 @@ def combine(parts: list[dict], names: list[str], command: str) -> dict:
     return out
 
 
-def _model_source(args, folder: Path) -> str:
+def _recipe(args, folder: Path):
     from nerft.config import load_config
 
-    return load_config(args.config, [f"data.dir={json.dumps(str(folder))}", *args.set]).model.source
+    return load_config(args.config, [f"data.dir={json.dumps(str(folder))}", *args.set])
+
+
+def _model_source(args, folder: Path) -> str:
+    return _recipe(args, folder).model.source
 
 
 def _say(name: str, size: int, point: dict) -> None:

@@ -91,8 +91,18 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 ADAPTER_KINDS = ("lora", "dora")
 
 
+# What the model answers with: `generate` writes the entities as text (the chat model's own
+# output layer); `tagger` puts a token-classification head (BIO tags) on the same backbone and
+# generates nothing (nerft.task.bio; BENCHMARKS.md "Tagging head").
+HeadName = Literal["generate", "tagger"]
+
+
 class MethodConfig(_Section):
     kind: Literal["lora", "dora", "full", "freeze"] = "lora"
+    head: HeadName = Field(
+        "generate", description="generate: the model writes its answer; tagger: a BIO "
+        "token-classification head over the backbone's hidden states, trained in full (no "
+        "generation, so no stop rule, grammar or constrained decoding)")
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(32, gt=0)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
@@ -200,6 +210,13 @@ class Config(_Section):
         if self.training.lr == "auto" and self.method.kind not in ADAPTER_KINDS:
             raise ValueError(f"training.lr auto is measured for lora/dora adapters only; give "
                              f"method.kind {self.method.kind} a number (e.g. training.lr=1e-5)")
+        return self
+
+    @model_validator(mode="after")
+    def _tagger_starts_fresh(self):
+        if self.method.head == "tagger" and self.init_from is not None:
+            raise ValueError("init_from is not supported with method.head tagger yet: train "
+                             "the tagger from the base model (init_from unset)")
         return self
 
     @model_validator(mode="after")

@@ -132,17 +132,16 @@ def learned_run(tmp_path_factory, shared_data):
                                                    intermediate=256)
 
 
-def _train_learned_run(root: Path, shared_data: Path) -> None:
+def _memorised_rows(root: Path, shared_data: Path) -> Path:
+    """ROOT/data: 30 short ccfbdci sentences with entities as train, val and test alike (a fresh
+    ROOT: a worker killed mid-training left it half done)."""
     import json
     import shutil
 
-    from nerft.config import Config
     from nerft.data.example import write_jsonl
     from nerft.data.prepare import prepare
-    from tiny import tiny_qwen2
-    from nerft.train.workflow import train
 
-    shutil.rmtree(root, ignore_errors=True)  # a worker killed mid-training left it half done
+    shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     prep = prepare([shared_data / "ccfbdci" / "ccfbdci.jsonl"])
     rows = [ex for ex in prep.splits["train"] if ex.entities and len(ex.text) <= 40][:30]
@@ -151,6 +150,15 @@ def _train_learned_run(root: Path, shared_data: Path) -> None:
     for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
         write_jsonl(data / name, (ex.to_dict() for ex in rows))
     (data / "stats.json").write_text(json.dumps({"labels": prep.labels}, ensure_ascii=False))
+    return data
+
+
+def _train_learned_run(root: Path, shared_data: Path) -> None:
+    from nerft.config import Config
+    from tiny import tiny_qwen2
+    from nerft.train.workflow import train
+
+    data = _memorised_rows(root, shared_data)
     base = tiny_qwen2(layers=2, hidden=128, heads=4, kv_heads=2, intermediate=256)
     config = Config.model_validate({
         "data": {"dir": str(data)},
@@ -163,3 +171,69 @@ def _train_learned_run(root: Path, shared_data: Path) -> None:
     })
     summary = train(config)
     assert summary.best_f1 >= 0.9, "the tiny model did not learn its sentences"
+
+
+@pytest.fixture(scope="session")
+def tagger_run(tmp_path_factory, shared_data):
+    """A tiny Qwen2 with the tagging head (method.head tagger), fully fine-tuned until it tags 30
+    real ccfbdci sentences by heart: (run dir, its data folder). val.jsonl and test.jsonl hold
+    the training rows. Trained once per session. (LoRA on a random tiny backbone learns too
+    little to memorise: the LoRA path is `tagger_lora_run`.)"""
+    from filelock import FileLock
+
+    root = _shared_by_workers(tmp_path_factory) / "tagger"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "done").is_file():
+            _train_tagger_run(root, shared_data)
+            (root / "done").write_text("ok\n")
+    return root / "run", root / "data"
+
+
+def _train_tagger_run(root: Path, shared_data: Path) -> None:
+    from rich.console import Console
+
+    from nerft.config import Config
+    from tiny import tiny_qwen2
+    from nerft.train.workflow import train
+
+    data = _memorised_rows(root, shared_data)
+    base = tiny_qwen2(layers=2, hidden=128, heads=4, kv_heads=2, intermediate=256)
+    config = Config.model_validate({
+        "data": {"dir": str(data)},
+        "model": {"source": str(base), "dtype": "float32"},
+        "method": {"kind": "full", "head": "tagger"},
+        # 120 steps: at 60 it reached 0.88 with the default threads but 0.82 with one thread
+        # a worker (`make test`'s xdist), where sums run in another order.
+        "training": {"output_dir": str(root / "run"), "max_steps": 120, "batch_size": 10,
+                     "grad_accum": 1, "lr": 5e-3, "warmup_ratio": 0.05, "save_steps": 1000},
+        "eval": {"eval_steps": 30, "val_size": 30, "batch_size": 30},
+        "tracking": {"swanlab": "off"},
+    })
+    console = Console(stderr=True, record=True)
+    summary = train(config, console=console)
+    (root / "train-output.txt").write_text(console.export_text())
+    assert summary.best_f1 >= 0.85, f"the tiny tagger did not learn its sentences ({summary.best_f1})"
+
+
+@pytest.fixture(scope="session")
+def tagger_lora_run(tmp_path_factory, tagger_run, tiny_model_dir):
+    """A few LoRA steps with method.head tagger on `tagger_run`'s rows (not enough to learn;
+    enough to move the head): its adapter carries the head (PEFT modules_to_save)."""
+    from rich.console import Console
+
+    from nerft.config import Config
+    from nerft.train.workflow import train
+
+    _, data = tagger_run
+    out = tmp_path_factory.mktemp("tagger-lora") / "run"
+    train(Config.model_validate({
+        "data": {"dir": str(data)},
+        "model": {"source": str(tiny_model_dir), "dtype": "float32"},
+        "method": {"kind": "lora", "head": "tagger", "lora_r": 4, "lora_alpha": 8,
+                   "target_modules": ["q_proj", "v_proj"]},
+        "training": {"output_dir": str(out), "max_steps": 4, "batch_size": 8, "grad_accum": 1,
+                     "lr": 1e-2, "save_steps": 100},
+        "eval": {"eval_steps": 4, "at_start": False, "val_size": 8, "batch_size": 8},
+        "tracking": {"swanlab": "off"},
+    }), console=Console(stderr=True, quiet=True))
+    return out

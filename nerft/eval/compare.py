@@ -136,13 +136,13 @@ def predict_data_sets(model_ref: str, data_sets: list[tuple[str, list[Example]]]
                       trust_remote_code: bool = False) -> list[list[list[Span]]]:
     """Spans each data set's sentences get from one model (loaded once, then released). A run
     keeps its own labels; `fallback_labels` (the data's) are for a model that has none."""
-    from nerft.infer.generate import AnswerGenerator, DecodeOptions
-    from nerft.infer.predict import predict_rows
+    from nerft.infer.generate import DecodeOptions
+    from nerft.infer.predict import decoder_for, predict_rows
     from nerft.models.loader import load_model
 
     model, tokenizer, task = load_model(model_ref, fallback_labels=fallback_labels,
                                         trust_remote_code=trust_remote_code)
-    generator = AnswerGenerator(model, tokenizer, task)
+    generator = decoder_for(model, tokenizer, task)
     options = DecodeOptions(batch_size=batch_size, constrained=constrained)
     out = []
     for _, examples in data_sets:

@@ -57,8 +57,8 @@ def evaluate_model(model_ref: str, examples: list[Example], labels: tuple[str, .
     folder must not change its task); `labels` (the data's) are for models without one."""
     import time
 
-    from nerft.infer.generate import AnswerGenerator, DecodeOptions
-    from nerft.infer.predict import predict_rows
+    from nerft.infer.generate import DecodeOptions
+    from nerft.infer.predict import decoder_for, predict_rows
     from nerft.models.loader import load_model
 
     model, tokenizer, task = load_model(model_ref, fallback_labels=labels,
@@ -66,7 +66,7 @@ def evaluate_model(model_ref: str, examples: list[Example], labels: tuple[str, .
     in_data = labels or tuple(sorted({s.label for ex in examples for s in ex.entities}))
     unseen = tuple(lb for lb in in_data if lb not in task.labels)
     started = time.perf_counter()
-    preds = predict_rows(AnswerGenerator(model, tokenizer, task), [(ex.id, ex.text) for ex in examples],
+    preds = predict_rows(decoder_for(model, tokenizer, task), [(ex.id, ex.text) for ex in examples],
                          DecodeOptions(batch_size=batch_size, constrained=constrained), progress)
     seconds = time.perf_counter() - started
     result = evaluate(examples, [p.entities for p in preds], [p.parsed for p in preds])

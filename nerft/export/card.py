@@ -72,7 +72,7 @@ def card_text(src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None
     body.append("")
     if parity is not None:
         body += ["## Export check",
-                 f"The merged weights were reloaded with `AutoModelForCausalLM.from_pretrained` and "
+                 f"The merged weights were reloaded with `{'AutoModelForTokenClassification' if src.head == 'tagger' else 'AutoModelForCausalLM'}.from_pretrained` and "
                  f"compared with the run's base model + adapter on {parity.sentences} validation "
                  f"sentences: {parity.line()}.", ""]
     if gguf_parity is not None:
@@ -87,12 +87,19 @@ def card_text(src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None
                  f"message is the bare sentence. `{GRAMMAR_FILE}` keeps answers in the format with known "
                  "labels; `nerft.export.grammar.answer_grammar(task, sentence)` also keeps entity "
                  "texts inside a given sentence.", ""]
+    answer_note = (
+        f"Answer format ({task.answer_format}): one entity per line, "
+        f"`{task.format_record()['line']}`, in sentence order, or the phrase "
+        f"`{task.pieces.no_entity}`. nerft decodes greedily with a constraint that keeps every entity "
+        "text a substring of the sentence and every label in the label set.")
+    if src.head == "tagger":
+        answer_note = ("A tagging head (method.head tagger): the sentence's tokens alone go in (no "
+                       "prompt), one BIO tag per token comes out (the tags are in `config.json`'s "
+                       "`id2label`), and nerft reads the entities from the tags "
+                       "(`nerft.task.bio`); nothing is generated.")
     body += ["## Use", "```bash",
              f"nerft serve {name}      # HTTP API, web page, OpenAI-compatible endpoint",
              f"nerft predict {name} \"张三在北京工作。\"" if kind == "merged" else
              "# the adapter applies to the base model named above", "```", "",
-             f"Answer format ({task.answer_format}): one entity per line, "
-             f"`{task.format_record()['line']}`, in sentence order, or the phrase "
-             f"`{task.pieces.no_entity}`. nerft decodes greedily with a constraint that keeps every entity "
-             "text a substring of the sentence and every label in the label set.", ""]
+             answer_note, ""]
     return "\n".join(front + body)

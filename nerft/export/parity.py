@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from nerft.export import ExportCheckFailed
-from nerft.infer.generate import AnswerGenerator
+from nerft.export import ExportCheckFailed, ExportError
+from nerft.infer.predict import decoder_for
+from nerft.infer.tagger import is_tagger
+from nerft.task.bio import tokenize_sentences
 from nerft.task.prompt import Task
 from nerft.task.chat import render_prompt
 
@@ -49,18 +51,22 @@ class ParityReport:
 
 @torch.no_grad()
 def prompt_logits(model, tokenizer, task: Task, texts: list[str]) -> list[torch.Tensor]:
-    """Float32 logits at every position of each sentence's prompt (one row at a time: no padding)."""
+    """Float32 logits at every position of each sentence's prompt (one row at a time: no padding);
+    for a tagging head, its tag logits at every token of the sentence."""
     out = []
     for text in texts:
-        ids = tokenizer(render_prompt(tokenizer, task, text), add_special_tokens=False,
-                        return_tensors="pt")["input_ids"]
+        if is_tagger(model):
+            ids = torch.tensor([tokenize_sentences(tokenizer, [text])[0].ids])
+        else:
+            ids = tokenizer(render_prompt(tokenizer, task, text), add_special_tokens=False,
+                            return_tensors="pt")["input_ids"]
         out.append(model(input_ids=ids.to(model.device)).logits[0].float().cpu())
     return out
 
 
 def reference_outputs(model, tokenizer, task: Task, texts: list[str]):
     """(logits, answers) of the model as the run uses it, computed before anything is merged."""
-    answers = AnswerGenerator(model, tokenizer, task).generate(texts)
+    answers = decoder_for(model, tokenizer, task).generate(texts)
     return prompt_logits(model, tokenizer, task, texts), answers
 
 
@@ -68,7 +74,7 @@ def check_parity(reference, model, tokenizer, task: Task, texts: list[str], dtyp
     """Compare `model` with `reference` = reference_outputs(...); raise ExportError on mismatch."""
     ref_logits, ref_answers = reference
     logits = prompt_logits(model, tokenizer, task, texts)
-    answers = AnswerGenerator(model, tokenizer, task).generate(texts)
+    answers = decoder_for(model, tokenizer, task).generate(texts)
     atol, rtol = TOLERANCE.get(dtype, TOLERANCE["bfloat16"])
     diff, allowed = 0.0, 0.0
     for ref, got in zip(ref_logits, logits):

@@ -27,6 +27,7 @@ class RunSource:
     data_dir: Path | None = None
     answer_format: str = "json"  # data.answer_format the run was trained with
     task: Task | None = None  # the run's whole task (labels, answer format, guidelines)
+    head: str = "generate"  # method.head: generate, or tagger (a token-classification head)
 
     @property
     def config_file(self) -> Path:
@@ -72,6 +73,7 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
         rd = RunDir.open(Path(run))
         model, task, weights, raw, info = (rd.model_config(), rd.task(), rd.weights(),
                                            rd.raw_config(), rd.info())
+        head = rd.head()
     except RunDirError as e:
         raise ExportError(str(e)) from e
     if not (weights / "adapter_config.json").is_file() and not (weights / "config.json").is_file():
@@ -83,4 +85,4 @@ def read_run(run: Path, *, trust_remote_code: bool = False) -> RunSource:
                      trust_remote_code=trust_remote_code,
                      method=raw.get("method") if isinstance(raw.get("method"), dict) else {},
                      labels=task.labels, weights=weights, info=info, data_dir=data_dir,
-                     answer_format=task.answer_format, task=task)
+                     answer_format=task.answer_format, task=task, head=head)

@@ -14,6 +14,7 @@ from pathlib import Path
 from nerft.task.chat import end_of_turn_id, stop_token_ids as stop_token_set
 from nerft.errors import NerftError
 from nerft.export_dir import TASK_FILE, ExportDir, ExportDirError
+from nerft.task.bio import tag_names
 from nerft.task.prompt import Task, TaskError, task_from_record, user_message
 
 TASK_FORMAT = "nerft-task/1"
@@ -30,10 +31,15 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     return [eot] + sorted(stop_token_set(tokenizer, generation_config) - {eot})
 
 
-def task_record(task: Task, tokenizer, generation_config=None, *, base_model: str = "") -> dict:
-    """Everything a runtime needs to prompt the model and read its answers exactly as nerft does."""
+def task_record(task: Task, tokenizer, generation_config=None, *, base_model: str = "",
+                head: str = "generate") -> dict:
+    """Everything a runtime needs to prompt the model and read its answers exactly as nerft does.
+    A tagging head (method.head tagger) generates nothing: its record says so and names the
+    tags of its output rows instead of the decoding."""
     stops = stop_token_ids(tokenizer, generation_config)
     described = task.record()  # labels, guidelines (when any), answer_format, answer
+    decoding = {"greedy": True, "constrained": True} if head == "generate" else \
+        {"tagger": "BIO tags of the sentence's tokens (nerft.task.bio)", "tags": tag_names(task.labels)}
     return {
         "format": TASK_FORMAT,
         "labels": described.pop("labels"),
@@ -44,8 +50,9 @@ def task_record(task: Task, tokenizer, generation_config=None, *, base_model: st
         "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in stops],
         "stop_token_ids": stops,
         "chat_template": tokenizer.chat_template,
-        "decoding": {"greedy": True, "constrained": True},
+        "decoding": decoding,
         "base_model": base_model,
+        "head": head,
     }
 
 

@@ -40,6 +40,10 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     src = read_run(run, trust_remote_code=trust_remote_code)
+    if gguf is not None and src.head == "tagger":
+        raise ExportError(f"--gguf: {run} has a tagging head (method.head tagger), which "
+                          "llama.cpp cannot run (it only generates); export without --gguf "
+                          "(the adapter, or --merge for transformers)")
     check_scores(src)  # a bad score file fails now, not after the merge
     out = Path(out)
     try:
@@ -82,7 +86,7 @@ def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportRes
         generation = None
     out.copy_adapter(src.weights, skip=src.record_files)  # validation scores: in the card
     task = src.task or Task(src.labels, src.answer_format)
-    out.write_task(task_record(task, tokenizer, generation, base_model=src.base))
+    out.write_task(task_record(task, tokenizer, generation, base_model=src.base, head=src.head))
     out.write_card(card_text(src, kind="adapter", task=task, parity=None, name=name))
     log(f"adapter from {src.weights} with {out.task_file.name} and {out.card.name}")
     return ExportResult(out.path, "adapter")
@@ -90,7 +94,8 @@ def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportRes
 
 def _export_merged(src: RunSource, out: ExportDir, name: str, dtype: str, probes: int,
                    gguf: str | None, log) -> ExportResult:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import (AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer,
+                              GenerationConfig)
 
     model, tokenizer = _load_run_model(src)
     task = src.task or Task(src.labels, src.answer_format)
@@ -100,18 +105,23 @@ def _export_merged(src: RunSource, out: ExportDir, name: str, dtype: str, probes
     if src.is_adapter:
         model = model.merge_and_unload()
     saved_dtype = _saved_dtype(src, dtype)
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=model.generation_config.bos_token_id, eos_token_id=stops,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1],
-        do_sample=False)
+    tagger = src.head == "tagger"  # its head and tags travel in config.json; it generates nothing
+    generation = getattr(model, "generation_config", None)  # a token classifier has none
+    stops = stop_token_ids(tokenizer, generation)
+    if not tagger:
+        model.generation_config = GenerationConfig(
+            bos_token_id=model.generation_config.bos_token_id, eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1],
+            do_sample=False)
     model.to(getattr(torch, saved_dtype)).save_pretrained(out.path)
     tokenizer.save_pretrained(out.path)
     # `nerft predict/eval/serve OUT` read the label set and the answer format from here.
-    out.write_task(task_record(task, tokenizer, model.generation_config, base_model=src.base))
+    out.write_task(task_record(task, tokenizer, getattr(model, "generation_config", None),
+                               base_model=src.base, head=src.head))
     del model
-    log(f"reloading {name} with AutoModelForCausalLM.from_pretrained alone")
-    reloaded = AutoModelForCausalLM.from_pretrained(out.path, dtype=torch.float32).eval()
+    auto = AutoModelForTokenClassification if tagger else AutoModelForCausalLM
+    log(f"reloading {name} with {auto.__name__}.from_pretrained alone")
+    reloaded = auto.from_pretrained(out.path, dtype=torch.float32).eval()
     reloaded_tok = AutoTokenizer.from_pretrained(out.path)
     _check_tokenizer(tokenizer, reloaded_tok, texts, task)
     report = check_parity(reference, reloaded, reloaded_tok, task, texts, saved_dtype)

@@ -52,6 +52,9 @@ class Answers:
     answers: list[str]
     stats: dict[str, int] = field(default_factory=dict)  # decoder steps, guessed and kept tokens
     prompt_tokens: list[int] = field(default_factory=list)
+    # Set by a decoder that finds the spans itself (the tagging head, `nerft.infer.tagger`):
+    # `predict_rows` then takes them as they are instead of parsing the answer texts.
+    spans: list[list] | None = None
 
 
 class AnswerGenerator:

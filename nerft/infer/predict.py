@@ -1,5 +1,6 @@
-"""Sentences in, entity spans out: the one generate -> parse path (`predict_rows`) that
-predict, eval, training validation, serve, compare and select share, and the sentence reader."""
+"""Sentences in, entity spans out: the one decode -> spans path (`predict_rows`) that predict,
+eval, training validation, serve, compare and select share, the one place that picks the
+decoder for a model (`decoder_for`: generation, or the tagging head), and the sentence reader."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Callable, Iterator
 
 from nerft.data.example import Span
 from nerft.infer.generate import AnswerGenerator, DecodeOptions
+from nerft.infer.tagger import TokenTagger, is_tagger
 from nerft.models.loader import DEFAULT_LABELS, InferenceError, LoadedModel, load_model
 from nerft.task.prompt import ParsedAnswer, Task
 
-__all__ = ["DEFAULT_LABELS", "Decoded", "InferenceError", "predict",
+__all__ = ["DEFAULT_LABELS", "Decoded", "InferenceError", "decoder_for", "predict",
            "predict_rows", "read_sentences"]
 
 
@@ -71,20 +73,32 @@ def read_sentences(path: Path) -> Iterator[tuple[str, str]]:
         yield str(row.get("id", f"{path.stem}:{lineno}")), row["text"]
 
 
-def predict_rows(generator: AnswerGenerator, rows: list[tuple[str, str]],
+def decoder_for(model, tokenizer, task: Task) -> AnswerGenerator | TokenTagger:
+    """The decoder for a loaded model: its tagging head when it has one (method.head tagger),
+    else generation. Callers pass what `load_model` gave: `decoder_for(*load_model(ref))`."""
+    if is_tagger(model):
+        return TokenTagger(model, tokenizer, task)
+    return AnswerGenerator(model, tokenizer, task)
+
+
+def predict_rows(generator: AnswerGenerator | TokenTagger, rows: list[tuple[str, str]],
                  options: DecodeOptions | None = None,
                  progress: Callable[[int], None] | None = None) -> list[Decoded]:
     """(id, text) rows decoded, then parsed by the task: the one path from sentences to spans
-    (predict, eval, training validation, serve, compare and select all come through here)."""
+    (predict, eval, training validation, serve, compare and select all come through here).
+    A tagger's spans come with its answers and are taken as they are."""
     texts = [t for _, t in rows]
     raw = generator.decode(texts, options, progress)
     task = generator.task
-    return [Decoded(i, t, answer, task.parse_answer(answer, t), ids, prompt)
-            for (i, t), answer, ids, prompt in zip(rows, raw.answers, raw.ids, raw.prompt_tokens)]
+    found = raw.spans if raw.spans is not None else [None] * len(texts)
+    return [Decoded(i, t, answer, task.parse_answer(answer, t) if spans is None else ParsedAnswer(list(spans)),
+                    ids, prompt)
+            for (i, t), answer, ids, prompt, spans in zip(rows, raw.answers, raw.ids,
+                                                           raw.prompt_tokens, found)]
 
 
 def predict(model, tokenizer, task: Task, rows: list[tuple[str, str]], *, batch_size: int = 16,
             constrained: bool = True, progress: Callable[[int], None] | None = None) -> list[Decoded]:
-    """Predictions for (id, text) rows, in order, with a generator built for this call."""
-    return predict_rows(AnswerGenerator(model, tokenizer, task), rows,
+    """Predictions for (id, text) rows, in order, with a decoder built for this call."""
+    return predict_rows(decoder_for(model, tokenizer, task), rows,
                         DecodeOptions(batch_size=batch_size, constrained=constrained), progress)

@@ -9,6 +9,10 @@ token it chose minus that of the best other allowed token, both renormalised ove
 tokens. A sentence's margin is the smallest over its decisions: one close call is enough to
 make an answer worth checking. Sentences are ranked by margin, smallest first
 (`uncertainty` = -margin is what `to_annotate.jsonl` records).
+
+A tagging head (method.head tagger) decides once per token: its margin there is the
+log-probability of the tag it chose minus that of the next best tag, and a sentence's margin is
+again the smallest (`tagger_margins`).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch
 from nerft.data.annotation_formats import PreAnnotated
 from nerft.data.example import Span
 from nerft.infer.constrain import AnswerConstraint
-from nerft.infer.generate import AnswerGenerator, DecodeOptions
-from nerft.infer.predict import predict_rows
+from nerft.infer.generate import DecodeOptions
+from nerft.infer.predict import decoder_for, predict_rows
+from nerft.infer.tagger import TokenTagger
 from nerft.infer.stopping import answer_token_budget
 from nerft.task.chat import encode_prompts
 from nerft.task.prompt import Task
@@ -96,7 +101,9 @@ def decision_margins(model, tokenizer, task: Task, text: str, answer_ids: list[i
 def rank_uncertain(model, tokenizer, task: Task, rows: list[tuple[str, str]], *,
                    batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[Scored]:
     """Every (id, text) row scored, most uncertain first (ties keep input order)."""
-    generator = AnswerGenerator(model, tokenizer, task)
+    generator = decoder_for(model, tokenizer, task)
+    if isinstance(generator, TokenTagger):
+        return sorted(tagger_margins(generator, rows, batch_size, progress), key=lambda s: s.margin)
     decoded = predict_rows(generator, rows, DecodeOptions(batch_size=batch_size, constrained=True))
     scored = []
     for d in decoded:
@@ -109,3 +116,22 @@ def rank_uncertain(model, tokenizer, task: Task, rows: list[tuple[str, str]], *,
         if progress is not None:
             progress(1)
     return sorted(scored, key=lambda s: s.margin)
+
+
+def tagger_margins(tagger: TokenTagger, rows: list[tuple[str, str]], batch_size: int,
+                   progress: Callable[[int], None] | None = None) -> list[Scored]:
+    """Each row scored by the tagging head: the smallest top-two tag margin over its tokens."""
+    decoded = predict_rows(tagger, rows, DecodeOptions(batch_size=batch_size))
+    sentences, logits = tagger.tag_logits([t for _, t in rows], batch_size)
+    scored = []
+    for d, sentence, row in zip(decoded, sentences, logits):
+        margin, where = math.inf, ""
+        if row.shape[0] and row.shape[1] > 1:
+            top = torch.log_softmax(row, -1).topk(2, dim=-1).values
+            gaps = top[:, 0] - top[:, 1]
+            low = int(gaps.argmin())
+            margin, where = float(gaps[low]), d.text[:sentence.offsets[low][0]]
+        scored.append(Scored(d.id, d.text, d.answer, d.entities, margin, row.shape[0], where))
+        if progress is not None:
+            progress(1)
+    return scored

@@ -95,13 +95,16 @@ def pick_dtype(dtype: str, device: str):
 
 
 def load_model_and_tokenizer(source: str, *, dtype: str = "auto", device: str = "auto",
-                             trust_remote_code: bool = False, tokenizer_folder: Path | None = None):
+                             trust_remote_code: bool = False, tokenizer_folder: Path | None = None,
+                             tags: list[str] | None = None):
     """Resolve `source` and return (model, tokenizer), the model on `device` in eval mode.
 
     `tokenizer_folder` for weights saved without a tokenizer (a full fine-tuning run's best/).
+    `tags`: the backbone with a token-classification head of these outputs (method.head
+    tagger) instead of the language-model head; a head the weights lack starts untrained.
     The tokenizer's padding side is left as the model ships it: callers choose.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
     if tokenizer_folder is not None and Path(source).is_dir():
         folder = check_model_folder(Path(source), need_tokenizer=False)
@@ -113,7 +116,12 @@ def load_model_and_tokenizer(source: str, *, dtype: str = "auto", device: str = 
     remote = {"trust_remote_code": True} if trust_remote_code else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder or folder, **remote)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **remote)
+        if tags is None:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **remote)
+        else:
+            model = AutoModelForTokenClassification.from_pretrained(
+                folder, dtype=torch_dtype, num_labels=len(tags), id2label=dict(enumerate(tags)),
+                label2id={t: i for i, t in enumerate(tags)}, **remote)
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelSourceError(f"'{source}' needs its own Python code to load; pass "

@@ -7,6 +7,8 @@ weights and tokenizer load through `nerft.models.base.load_model_and_tokenizer`,
 puts a trained adapter on top: merged for inference (as fast as the base model), kept and
 trainable to continue training, or kept frozen (the export's parity reference). The `Task`
 (labels, answer format) comes back with the weights, so no caller reads a run's records itself.
+A run or export of the tagging head (method.head tagger) loads as the backbone with that head
+(its BIO tags from the task's labels); `nerft.infer.predict.decoder_for` then tags with it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from nerft.data.labels import PRESETS
+from nerft.task.bio import tag_names
 from nerft.errors import NerftError
 from nerft.export_dir import ExportDir, ExportDirError
 from nerft.task.prompt import Task, TaskError, task_from_record
@@ -52,6 +55,7 @@ class ModelRef:
     dtype: str = "auto"
     system_prompt: str | None = None  # an export's pinned prompt, checked against ours
     record: Path | None = None  # the file `system_prompt` came from, for the error message
+    head: str = "generate"  # method.head: generate, or tagger (a token-classification head)
 
 
 @contextmanager
@@ -91,10 +95,16 @@ def load_model(ref: str, trainable: bool = False, *, labels=None, fallback_label
 
     found = describe(ref, trust_remote_code=trust_remote_code)
     task = _task(found, labels, fallback_labels)  # before the weights: a bad record fails at once
+    if found.head == "tagger" and task.labels != found.task.labels:
+        raise InferenceError(f"{ref}: a tagger's labels are its head's outputs "
+                             f"({','.join(found.task.labels)}); it cannot be asked for others "
+                             "(drop --labels)")
+    tags = tag_names(task.labels) if found.head == "tagger" else None
     try:  # unreadable or broken weight files: one line naming the reference, for every verb
         model, tokenizer = load_model_and_tokenizer(
             found.weights, dtype=dtype or found.dtype, device=device,
-            trust_remote_code=trust_remote_code, tokenizer_folder=found.tokenizer_folder)
+            trust_remote_code=trust_remote_code, tokenizer_folder=found.tokenizer_folder,
+            tags=tags)
         if found.adapter is not None:
             model = init_adapter(model, found.adapter, trainable=trainable,
                                  merge=not trainable if merge is None else merge)
@@ -157,7 +167,7 @@ def _describe_run(run: RunDir, trust_remote_code: bool) -> ModelRef:
 
     try:  # the task first, so a bad config.yaml or run.json fails before anything loads
         task = run.task()
-        model_cfg, weights = run.model_config(), run.weights()
+        model_cfg, weights, head = run.model_config(), run.weights(), run.head()
     except (RunDirError, TaskError) as e:
         raise InferenceError(str(e)) from e
     # model_cfg.trust_remote_code is what training was allowed; it is never taken from the
@@ -165,11 +175,12 @@ def _describe_run(run: RunDir, trust_remote_code: bool) -> ModelRef:
     if (weights / "config.json").is_file():  # full fine-tuning saved the whole model
         tokenizer_folder = weights if (weights / "tokenizer_config.json").is_file() else \
             resolve_model(model_cfg.source, trust_remote_code=trust_remote_code)
-        return ModelRef(str(weights), None, tokenizer_folder, task, model_cfg.dtype)
+        return ModelRef(str(weights), None, tokenizer_folder, task, model_cfg.dtype, head=head)
     if not (weights / "adapter_config.json").is_file():
         raise InferenceError(f"{weights}: neither an adapter (adapter_config.json) nor a model "
                              "(config.json)")
-    return ModelRef(model_cfg.source, _checked_adapter(weights), None, task, model_cfg.dtype)
+    return ModelRef(model_cfg.source, _checked_adapter(weights), None, task, model_cfg.dtype,
+                    head=head)
 
 
 def _describe_export(export: ExportDir) -> ModelRef:
@@ -180,8 +191,11 @@ def _describe_export(export: ExportDir) -> ModelRef:
     except (ExportDirError, TaskError) as e:
         raise InferenceError(str(e)) from e
     prompt = record.get("system_prompt")
+    head = record.get("head", "generate")  # exports from before the field generated
+    if head not in ("generate", "tagger"):
+        raise InferenceError(f"{export.task_file}: field head {head!r} is not generate or tagger")
     common = dict(task=task, system_prompt=prompt if isinstance(prompt, str) else None,
-                  record=export.task_file)
+                  record=export.task_file, head=head)
     if export.has_adapter:
         base = record.get("base_model")
         if not isinstance(base, str) or not base:

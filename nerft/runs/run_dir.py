@@ -32,13 +32,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import get_args
 
 import yaml
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from nerft import atomic
-from nerft.config import ANSWER_FORMATS, Config, ModelConfig, dump_config
+from nerft.config import ANSWER_FORMATS, Config, HeadName, ModelConfig, dump_config
 from nerft.data.prepared import PreparedData
 from nerft.errors import NerftError
 from nerft.task.prompt import Task, guidelines_of_record
@@ -186,6 +187,14 @@ class RunDir:
 
     def method_kind(self) -> str:
         return str((self.raw_config().get("method") or {}).get("kind", "lora"))
+
+    def head(self) -> str:
+        """method.head: what the model answers with (runs from before the setting generated)."""
+        found = (self.raw_config().get("method") or {}).get("head", "generate")
+        if found not in get_args(HeadName):
+            raise RunDirError(f"{self.config_yaml}: method.head {found!r} is not one of "
+                              f"{', '.join(get_args(HeadName))}")
+        return found
 
     def parent(self) -> "RunDir | None":
         """The run this one was continued from (`init_from`), as recorded in run.json."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nerft.errors import NerftError
-from nerft.infer.generate import AnswerGenerator, DecodeOptions
-from nerft.infer.predict import Decoded, predict_rows
+from nerft.infer.generate import DecodeOptions
+from nerft.infer.predict import Decoded, decoder_for, predict_rows
 from nerft.models.loader import ModelRef, describe, load_model, quiet_peft
 from nerft.serve.app import ServedRun
 from nerft.task.prompt import Task
@@ -47,7 +47,7 @@ def sentence_decoder(model, tokenizer, task: Task, *, max_batch: int, adapter: s
     active first (several runs on one base model); the one batching worker runs one call at a
     time, so the switch and the call that follows it never interleave with another run's.
     """
-    generator = AnswerGenerator(model, tokenizer, task)
+    generator = decoder_for(model, tokenizer, task)
     options = DecodeOptions(batch_size=max_batch, constrained=True)
 
     def decode(texts: list[str]) -> list[Decoded]:
@@ -77,6 +77,7 @@ def check_together(refs: list[str]) -> list[ModelRef]:
     for ref, one in zip(refs[1:], found[1:]):
         for what, mine, theirs in [("base models", first.weights, one.weights),
                                    ("dtypes", first.dtype, one.dtype),
+                                   ("heads", first.head, one.head),
                                    ("answer formats", first.task.answer_format,
                                     one.task.answer_format)]:
             if _same(mine) != _same(theirs):

@@ -150,12 +150,19 @@ def answer_only_loss(model, inputs: dict[str, torch.Tensor], num_items: int | to
     if "prefix_ids" in inputs:  # the prefix_kv layout
         model_inputs["cache"] = prefix_keys_values(model, inputs["prefix_ids"], labels.shape[0])
     out = model(**model_inputs, logits_to_keep=needed, use_cache=False)
-    logits = out.logits.float()  # [batch, len(needed), vocab]
-    picked = targets[:, needed]
+    return summed_cross_entropy(out.logits, targets[:, needed], num_items)
+
+
+def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                         num_items: int | torch.Tensor | None = None):
+    """(cross-entropy summed over the targets that are not IGNORE / num_items (default: their
+    count), their count): the Trainer's `num_items_in_batch` is the count over the whole
+    accumulated batch, so every micro-batch's loss is already on the same scale."""
+    logits = logits.float()
     loss_sum = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=IGNORE,
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
         reduction="sum")
-    count = (picked != IGNORE).sum()
+    count = (targets != IGNORE).sum()
     denom = num_items if num_items is not None else count.clamp(min=1)
     return loss_sum / denom, count
 

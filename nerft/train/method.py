@@ -39,7 +39,10 @@ def apply_method(model, method: MethodConfig):
         lora = LoraConfig(
             r=method.lora_r, lora_alpha=method.lora_alpha, lora_dropout=method.lora_dropout,
             target_modules=method.target_modules, layers_to_transform=layers,
-            use_dora=method.kind == "dora", task_type="CAUSAL_LM",
+            use_dora=method.kind == "dora",
+            # TOKEN_CLS: PEFT trains the new head (`score`) in full beside the adapter and
+            # saves it with the adapter (modules_to_save)
+            task_type="TOKEN_CLS" if method.head == "tagger" else "CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
     elif method.kind == "full":
@@ -47,11 +50,12 @@ def apply_method(model, method: MethodConfig):
             p.requires_grad_(True)
     elif method.kind == "freeze":
         layers = set(top_layer_indices(model, method.top_k_layers) or [])
-        if not layers and not method.trainable_modules:
+        head = ("score.",) if method.head == "tagger" else ()  # a new head always trains
+        if not layers and not method.trainable_modules and not head:
             raise ValueError("method.kind=freeze needs method.top_k_layers and/or "
                              "method.trainable_modules, or nothing would train")
         for name, p in model.named_parameters():
-            p.requires_grad_(_in_layers(name, layers) or
+            p.requires_grad_(_in_layers(name, layers) or name.startswith(head) or
                              any(m in name for m in method.trainable_modules))
     else:
         raise ValueError(f"unknown method {method.kind!r}")

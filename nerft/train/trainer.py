@@ -1,4 +1,5 @@
-"""The HF Trainer, taught three things: answer-only loss, F1 validation, atomic checkpoints."""
+"""The HF Trainer, taught three things: answer-only loss (or the tagging head's), F1
+validation, atomic checkpoints."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from transformers import Trainer
 
 from nerft.data.example import Example
 from nerft.eval.metrics import score_corpus
-from nerft.infer.generate import AnswerGenerator, DecodeOptions
-from nerft.infer.predict import predict_rows
+from nerft.infer.generate import DecodeOptions
+from nerft.infer.predict import decoder_for, predict_rows
 from nerft.task.prompt import Task
 from nerft.train.collate import answer_only_loss
 from nerft.train import ranks
@@ -21,7 +22,8 @@ from nerft.runs.run_dir import RunDir
 
 @dataclass
 class Validation:
-    """Greedy generation on a fixed validation subset, scored with the task's own parser."""
+    """The model's answers on a fixed validation subset (greedy generation, or the tagging
+    head's tags: `decoder_for`), scored as `nerft eval` scores them."""
 
     task: Task
     tokenizer: object
@@ -33,7 +35,7 @@ class Validation:
 
     def __call__(self, model) -> dict[str, float]:
         # A generator per evaluation: its prefix cache belongs to these weights.
-        preds = predict_rows(AnswerGenerator(model, self.tokenizer, self.task),
+        preds = predict_rows(decoder_for(model, self.tokenizer, self.task),
                              [(ex.id, ex.text) for ex in self.examples],
                              DecodeOptions(batch_size=self.batch_size, constrained=self.constrained))
         scores = score_corpus([ex.entities for ex in self.examples], [p.entities for p in preds],
@@ -53,7 +55,7 @@ class Validation:
 
 class NerTrainer(Trainer):
     def __init__(self, *args, validation: Validation | None = None, run_dir: Path,
-                 early_stopping_patience: int | None = None, **kwargs):
+                 early_stopping_patience: int | None = None, loss=answer_only_loss, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
             # nn.DataParallel splits every input along dim 0, `logits_to_keep` indices too.
@@ -61,6 +63,7 @@ class NerTrainer(Trainer):
                              "supported: launch one process per GPU with torchrun or accelerate, "
                              "or set CUDA_VISIBLE_DEVICES to one GPU")
         self.validation = validation
+        self.loss = loss  # answer_only_loss, or the tagging head's `tagging_loss`
         self.run = RunDir(Path(run_dir))
         self.patience = early_stopping_patience
         self.stopped_early_at: int | None = None
@@ -69,7 +72,7 @@ class NerTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
+        loss, _ = self.loss(model, inputs, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # `num_items_in_batch` counts the supervised tokens of every process while DDP
             # averages gradients over processes: scale back up, as Trainer.compute_loss does.
@@ -79,7 +82,7 @@ class NerTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            loss, _ = answer_only_loss(model, inputs)
+            loss, _ = self.loss(model, inputs)
         return loss.detach(), None, None
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):

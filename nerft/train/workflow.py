@@ -19,9 +19,11 @@ from nerft.data.prepared import PreparedData
 from nerft.task.prompt import Task
 from nerft.train import continual
 from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
-from nerft.train.collate import PackedCollator
+from nerft.train.collate import PackedCollator, answer_only_loss
 from nerft.train.encode import encode_examples
 from nerft.train.method import apply_method
+from nerft.train.tagger import NOT_USED, encode_tagged, tagging_loss
+from nerft.task.bio import tag_names
 from nerft.runs.run_dir import RunDir, RunDirError, init_run_dir
 from nerft.train import ranks
 from nerft.train.resume import AlreadyFinished, RunStateError, check_resume_config, resume_checkpoint
@@ -195,7 +197,7 @@ def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[
     if not main:
         console = Console(stderr=True, quiet=True)  # one process speaks
     # The model first: a mistyped source must not leave a run directory behind.
-    model, tokenizer = _load_model(config, lineage)
+    model, tokenizer = _load_model(config, lineage, task)
     if main:
         init_run_dir(config, run.path, resume=resume, labels=list(task.labels),
                      resume_changes=resume_changes, lineage=lineage.info if lineage else None,
@@ -260,13 +262,14 @@ def _setup_task(config: Config, rows: TrainingRows,
         raise TrainError(f"{config.data.dir}: {e}") from e
 
 
-def _load_model(config: Config, lineage: continual.Lineage | None):
+def _load_model(config: Config, lineage: continual.Lineage | None, task: Task):
     from nerft.models.base import load_model_and_tokenizer
 
     return load_model_and_tokenizer(
         lineage.source if lineage else config.model.source, dtype=config.model.dtype,
         trust_remote_code=config.model.trust_remote_code,
-        tokenizer_folder=lineage.tokenizer_folder if lineage else None)
+        tokenizer_folder=lineage.tokenizer_folder if lineage else None,
+        tags=tag_names(task.labels) if config.method.head == "tagger" else None)
 
 
 def _setup_method(config: Config, model, lineage: continual.Lineage | None, console: Console):
@@ -281,9 +284,16 @@ def _setup_method(config: Config, model, lineage: continual.Lineage | None, cons
 
 def _encode(config: Config, tokenizer, task: Task, rows: TrainingRows, console: Console):
     """(encoded training rows, the fixed validation subset, that subset encoded)."""
-    train_enc, train_report = encode_examples(tokenizer, task, rows.train, config.data.max_length)
     val_subset = validation_subset(rows.val, config.eval.val_size, config.training.seed)
-    val_enc, _ = encode_examples(tokenizer, task, val_subset, config.data.max_length)
+    if config.method.head == "tagger":
+        console.print(NOT_USED, highlight=False, soft_wrap=True)
+        train_enc, train_report, tags = encode_tagged(tokenizer, task.labels, rows.train,
+                                                      config.data.max_length)
+        val_enc, _, _ = encode_tagged(tokenizer, task.labels, val_subset, config.data.max_length)
+        console.print(tags.line(), highlight=False, soft_wrap=True)
+    else:
+        train_enc, train_report = encode_examples(tokenizer, task, rows.train, config.data.max_length)
+        val_enc, _ = encode_examples(tokenizer, task, val_subset, config.data.max_length)
     if not train_enc and train_report.too_long:  # e.g. label guidelines lengthened the instruction
         instruction = len(tokenizer(task.system_prompt)["input_ids"])
         raise TrainError(f"every training row is longer than data.max_length={config.data.max_length} "
@@ -326,8 +336,9 @@ def _setup_trainer(config: Config, run: RunDir, model, tokenizer, task: Task, en
     dtype = next(model.parameters()).dtype
     args = _training_args(config, run, schedule, score_start, dtype)
     mask_dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
-    collator = PackedCollator(config.training.packing, pad_id=tokenizer.pad_token_id or 0,
-                              mask_dtype=mask_dtype)
+    tagger = config.method.head == "tagger"
+    collator = PackedCollator("none" if tagger else config.training.packing,
+                              pad_id=tokenizer.pad_token_id or 0, mask_dtype=mask_dtype)
     validation = Validation(task, tokenizer, val_subset, batch_size=config.eval.batch_size,
                             log_predictions=config.eval.log_predictions,
                             constrained=config.eval.constrained)
@@ -336,7 +347,8 @@ def _setup_trainer(config: Config, run: RunDir, model, tokenizer, task: Task, en
             model=model, args=args, train_dataset=train_enc, eval_dataset=val_enc,
             data_collator=collator, callbacks=_callbacks(config, run, schedule, validation, console),
             validation=validation, run_dir=run.path,
-            early_stopping_patience=config.eval.early_stopping_patience)
+            early_stopping_patience=config.eval.early_stopping_patience,
+            loss=tagging_loss if tagger else answer_only_loss)
     except ValueError as e:
         raise TrainError(str(e)) from e
     # The Trainer's own progress printer duplicates ours.
