@@ -179,3 +179,15 @@ def test_gguf_adapter_option_errors(tiny_lora_run, tmp_path):
     result = run_export([tiny_lora_run, "--out", tmp_path / "b", "--gguf", "q4"])
     assert "choose one of f16, q8_0, q3_k_m, q4_k_s, q4_k_m" in str(result.exception)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_every_gguf_type_has_a_tolerance_and_is_offered_in_the_help():
+    from nerft.export.gguf import GGUF_TYPES
+    from nerft.export.parity import TOLERANCE
+
+    assert set(GGUF_TYPES) <= set(TOLERANCE)  # none falls back to another type's allowance
+    app = typer.Typer()
+    app.command()(export)
+    help_text = " ".join(CliRunner().invoke(app, ["--help"], terminal_width=200).output.split())
+    for name in GGUF_TYPES:
+        assert name in help_text
