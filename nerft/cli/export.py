@@ -24,7 +24,7 @@ def export(
                                        "a C++ compiler)."),
     gguf_adapter: bool = typer.Option(False, "--gguf-adapter", help="With --gguf: the base model "
                                       "as a GGUF of that type and the LoRA adapter as a GGUF of its "
-                                      "own (Modelfile ADAPTER line) instead of one merged GGUF."),
+                                      "own (an ADAPTER line in the Ollama Modelfile) instead of one merged GGUF."),
     probes: int = typer.Option(4, "--check-sentences", min=1,
                                help="Validation sentences the export's self-check decodes."),
     trust_remote_code: bool = typer.Option(

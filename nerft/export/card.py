@@ -108,7 +108,8 @@ def _gguf_section(export: ExportDir, kind: str, report) -> list[str]:
     return [*heading, f"{made}: same token ids for every checked prompt; {report.line()}.", "",
             "## llama.cpp / Ollama",
             "Constrained (the answer keeps the trained format and known labels): llama.cpp with the grammar,",
-            "given nerft's prompt (system turn, `文本:SENTENCE` user turn, assistant header) in prompt.txt:",
+            "given nerft's prompt (system turn, `文本:SENTENCE` user turn, assistant header) in prompt.txt,",
+            "ended by one more newline (llama-completion drops a prompt file's last one):",
             "```bash",
             f"llama-completion -m {model}{lora} -no-cnv --no-display-prompt --temp 0 "
             f"--grammar-file {GRAMMAR_FILE} -n BUDGET -f prompt.txt",

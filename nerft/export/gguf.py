@@ -54,7 +54,7 @@ def convert(model_dir: Path, out_file: Path, outtype: str, log=lambda message: N
     else:
         quantize = tool("llama-quantize", f"--gguf {outtype}", log)  # before the slow conversion
         with tempfile.TemporaryDirectory(prefix="nerft-gguf-", dir=out_file.parent) as tmp:
-            full = Path(tmp) / "model-f16.gguf"
+            full = Path(tmp) / "unquantized-f16.gguf"  # a temporary input, not part of the export
             _run_script([script, str(model_dir), "--outfile", str(full), "--outtype", "f16"],
                         "convert_hf_to_gguf.py")
             log(f"quantizing to {outtype} with llama-quantize")
