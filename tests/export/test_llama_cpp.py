@@ -9,7 +9,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 import yaml
 
 from nerft.export import ExportError
@@ -37,24 +36,14 @@ def test_k_quants_without_a_toolchain_fail_in_one_line(tmp_path, monkeypatch):
 def wide_lora_run(tiny_lora_run, tmp_path_factory):
     """The tiny run's records around a LoRA on a 256-wide tiny Qwen2: k-quant blocks hold 256
     weights, and llama-quantize gives narrower rows other types."""
-    from peft import LoraConfig, get_peft_model
+    from conftest import save_random_lora
     from tiny import tiny_qwen2
-    from transformers import AutoModelForCausalLM
 
     base_dir = tiny_qwen2(layers=2, hidden=256, heads=4, kv_heads=2, intermediate=512)
     run = tmp_path_factory.mktemp("wide-run")
     shutil.copytree(tiny_lora_run, run, dirs_exist_ok=True)
     shutil.rmtree(run / "best")
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                               task_type="CAUSAL_LM"))
-        with torch.no_grad():
-            for name, p in lora.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.02)
-    lora.save_pretrained(run / "best")
+    save_random_lora(base_dir, run / "best")
     shutil.copy2(tiny_lora_run / "best" / "scores.json", run / "best" / "scores.json")
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     config["model"]["source"] = str(base_dir)
