@@ -3,8 +3,8 @@
 An export holds either the trained adapter (`adapter/`, applied to the base model named in the
 task record) or merged transformers weights in the folder itself; beside them the task record
 (`task.json`: labels, prompt, answer format, stop tokens, written by `nerft.export.task_file`),
-the model card (`README.md`), and for a GGUF export `model-TYPE.gguf`, an Ollama `Modelfile` and
-the GBNF grammar `answer.gbnf`. Everything that writes or reads an export goes through
+the model card (`README.md`), and for a GGUF export `model-TYPE.gguf` (merged) or `base-TYPE.gguf`
+with the LoRA in `adapter-f16.gguf`, an Ollama `Modelfile` and the GBNF grammar `answer.gbnf`. Everything that writes or reads an export goes through
 `ExportDir`; what the task record says belongs to the task's own code.
 
 It sits low in the layers (only `nerft.atomic` and `nerft.errors` under it) so that the model
@@ -62,7 +62,16 @@ class ExportDir:
         return self.adapter.is_dir()
 
     def gguf(self, outtype: str) -> Path:
+        """The merged model as one GGUF."""
         return self.path / f"model-{outtype}.gguf"
+
+    def base_gguf(self, outtype: str) -> Path:
+        """The base model's GGUF, which the adapter GGUF applies to."""
+        return self.path / f"base-{outtype}.gguf"
+
+    def adapter_gguf(self, outtype: str) -> Path:
+        """The LoRA adapter as a GGUF (llama.cpp `--lora`, Ollama `ADAPTER`)."""
+        return self.path / f"adapter-{outtype}.gguf"
 
     def files(self) -> list[str]:
         """Every file of the export, relative to it, sorted."""

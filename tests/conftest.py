@@ -58,25 +58,14 @@ TINY_RUN_LABELS = ["地点", "人名", "地理实体", "组织"]
 TINY_RUN_VAL = ["张三在北京大学读书。", "李四昨天去了上海。", "联合国秘书长访问了日内瓦。"]
 
 
-@pytest.fixture(scope="session")
-def tiny_lora_run(tmp_path_factory, tiny_model_dir):
-    """What `nerft train` leaves behind, on the tiny model: config.yaml, run.json, a LoRA adapter
-    with a non-zero B in best/ (so it really changes the model), its scores, a validation split."""
-    import hashlib
-    import json
-
+def save_random_lora(model_dir: Path, out: Path) -> None:
+    """A LoRA (r 4, alpha 8, on q_proj and v_proj) of the model in `model_dir`, its B drawn from
+    a fixed seed (non-zero, so it really changes the model), saved to `out`."""
     import torch
-    import yaml
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    run = tmp_path_factory.mktemp("tiny-run")
-    data = run.parent / (run.name + "-data")
-    data.mkdir()
-    (data / "val.jsonl").write_text("".join(
-        json.dumps({"id": f"val:{i}", "text": t, "entities": []}, ensure_ascii=False) + "\n"
-        for i, t in enumerate(TINY_RUN_VAL)), encoding="utf-8")
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
@@ -85,7 +74,25 @@ def tiny_lora_run(tmp_path_factory, tiny_model_dir):
             for name, p in lora.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.02)
-    lora.save_pretrained(run / "best")
+    lora.save_pretrained(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(tmp_path_factory, tiny_model_dir):
+    """What `nerft train` leaves behind, on the tiny model: config.yaml, run.json, a LoRA adapter
+    with a non-zero B in best/ (so it really changes the model), its scores, a validation split."""
+    import hashlib
+    import json
+
+    import yaml
+
+    run = tmp_path_factory.mktemp("tiny-run")
+    data = run.parent / (run.name + "-data")
+    data.mkdir()
+    (data / "val.jsonl").write_text("".join(
+        json.dumps({"id": f"val:{i}", "text": t, "entities": []}, ensure_ascii=False) + "\n"
+        for i, t in enumerate(TINY_RUN_VAL)), encoding="utf-8")
+    save_random_lora(tiny_model_dir, run / "best")
     (run / "best" / "scores.json").write_text(json.dumps({"step": 10, "eval_f1": 0.25}), encoding="utf-8")
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"data": {"dir": str(data)}, "model": {"source": str(tiny_model_dir), "dtype": "float32"},

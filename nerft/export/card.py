@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from nerft.export import ExportError
+from nerft.export.gguf import ADAPTER_TYPE
 from nerft.export.run_source import RunSource
 from nerft.export_dir import GRAMMAR_FILE, MODELFILE, TASK_FILE, ExportDir
 from nerft.task.prompt import Task
@@ -76,17 +77,7 @@ def card_text(src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None
                  f"compared with the run's base model + adapter on {parity.sentences} validation "
                  f"sentences: {parity.line()}.", ""]
     if gguf_parity is not None:
-        gguf_file = ExportDir(Path(name)).gguf(gguf_parity.dtype).name
-        body += [f"The GGUF (`{gguf_file}`, made by llama.cpp's "
-                 "`convert_hf_to_gguf.py`) was reloaded with transformers (`gguf_file=`): same "
-                 f"token ids for every checked prompt; {gguf_parity.line()}.", "",
-                 "## llama.cpp / Ollama",
-                 "```bash", f"ollama create nerft-ner -f {MODELFILE}   # then: ollama run nerft-ner '张三在北京工作。'",
-                 f"llama-cli -m {gguf_file} --grammar-file {GRAMMAR_FILE} ...", "```",
-                 f"`{MODELFILE}` carries the chat template, the system prompt and the stop tokens; the user "
-                 f"message is the bare sentence. `{GRAMMAR_FILE}` keeps answers in the format with known "
-                 "labels; `nerft.export.grammar.answer_grammar(task, sentence)` also keeps entity "
-                 "texts inside a given sentence.", ""]
+        body += _gguf_section(ExportDir(Path(name)), kind, gguf_parity)
     answer_note = (
         f"Answer format ({task.answer_format}): one entity per line, "
         f"`{task.format_record()['line']}`, in sentence order, or the phrase "
@@ -103,3 +94,39 @@ def card_text(src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None
              "# the adapter applies to the base model named above", "```", "",
              answer_note, ""]
     return "\n".join(front + body)
+
+
+def _gguf_section(export: ExportDir, kind: str, report) -> list[str]:
+    """How the GGUF files were checked, and how to run them with and without the grammar."""
+    if kind == "adapter":
+        model = export.base_gguf(report.dtype).name
+        adapter = export.adapter_gguf(ADAPTER_TYPE).name
+        made = (f"`{model}` (the base model) and `{adapter}` (the LoRA adapter), made by llama.cpp's "
+                "`convert_hf_to_gguf.py` and `convert_lora_to_gguf.py`, were reloaded: the base by "
+                "transformers (`gguf_file=`), the adapter applied as llama.cpp applies it (alpha / r "
+                "from the GGUF)")
+        lora = f" --lora {adapter}"
+    else:
+        model, lora = export.gguf(report.dtype).name, ""
+        made = f"`{model}`, made by llama.cpp's `convert_hf_to_gguf.py`, was reloaded with transformers (`gguf_file=`)"
+    if report.dtype not in ("f16", "q8_0"):
+        made += f" (quantized to {report.dtype} by llama.cpp's `llama-quantize`)"
+    heading = ["## Export check"] if kind == "adapter" else []
+    return [*heading, f"{made}: same token ids for every checked prompt; {report.line()}.", "",
+            "## llama.cpp / Ollama",
+            "Constrained (the answer keeps the trained format and known labels): llama.cpp with the grammar,",
+            "given nerft's prompt (system turn, `文本:SENTENCE` user turn, assistant header) in prompt.txt,",
+            "ended by one more newline (llama-completion drops a prompt file's last one):",
+            "```bash",
+            f"llama-completion -m {model}{lora} -no-cnv --no-display-prompt --temp 0 "
+            f"--grammar-file {GRAMMAR_FILE} -n BUDGET -f prompt.txt",
+            "```",
+            "BUDGET: nerft's answer budget, 48 + 6 tokens per character of the sentence.",
+            f"Unconstrained: Ollama applies no GBNF grammar (its `format` takes a JSON schema only), so "
+            f"its answers can break the format or name text that is not in the sentence. `{MODELFILE}` "
+            "carries the chat template, the system prompt, the stop tokens and nerft's answer budget "
+            "(`num_predict`); the user message is the bare sentence:",
+            "```bash", f"ollama create nerft-ner -f {MODELFILE}   # then: ollama run nerft-ner '张三在北京工作。'",
+            "```",
+            f"`nerft.export.grammar.answer_grammar(task, sentence)` writes the per-sentence grammar, which "
+            "also keeps entity texts inside the sentence, as nerft's own decoding does.", ""]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -34,24 +35,37 @@ class ExportResult:
 
 
 def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto",
-               probes: int = 4, gguf: str | None = None, trust_remote_code: bool = False,
-               log=lambda message: None) -> ExportResult:
-    """Export `run` to `out` (which must not exist yet, or be empty)."""
+               probes: int = 4, gguf: str | None = None, gguf_adapter: bool = False,
+               trust_remote_code: bool = False, log=lambda message: None) -> ExportResult:
+    """Export `run` to `out` (which must not exist yet, or be empty).
+
+    `gguf`: also a GGUF of that type, of the merged model, or with `gguf_adapter` of the base
+    model with the LoRA in a GGUF of its own."""
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if gguf is not None:
+        from nerft.export.gguf import check_type
+
+        check_type(gguf)
+    if gguf_adapter and (gguf is None or merge):
+        raise ExportError("--gguf-adapter goes with --gguf TYPE (the base model's type) and "
+                          "without --merge: it keeps the adapter apart from the base model")
     src = read_run(run, trust_remote_code=trust_remote_code)
     if gguf is not None and src.head == "tagger":
         raise ExportError(f"--gguf: {run} has a tagging head (method.head tagger), which "
                           "llama.cpp cannot run (it only generates); export without --gguf "
                           "(the adapter, or --merge for transformers)")
+    if gguf_adapter and not src.is_adapter:
+        raise ExportError(f"--gguf-adapter: {src.weights} holds a whole model (a full or freeze "
+                          "run), not a LoRA adapter; use --gguf alone")
     check_scores(src)  # a bad score file fails now, not after the merge
     out = Path(out)
     try:
         with ExportDir.create(out) as folder:
-            if merge or not src.is_adapter:
+            if merge or not src.is_adapter or (gguf is not None and not gguf_adapter):
                 result = _export_merged(src, folder, out.name, dtype, probes, gguf, log)
             else:
-                result = _export_adapter(src, folder, out.name, log)
+                result = _export_adapter(src, folder, out.name, probes, gguf, log)
     except ExportDirError as e:
         raise ExportError(str(e)) from None
     result.out = out
@@ -73,8 +87,10 @@ def _probe_texts(src: RunSource, probes: int) -> list[str]:
     return (src.validation_texts(probes) or list(PROBE_SENTENCES))[:max(1, probes)]
 
 
-def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportResult:
-    """The adapter files as trained (byte for byte), with the task record and the model card."""
+def _export_adapter(src: RunSource, out: ExportDir, name: str, probes: int, gguf: str | None,
+                    log) -> ExportResult:
+    """The adapter files as trained (byte for byte), with the task record and the model card;
+    with `gguf`, also the base model and the adapter as GGUF files, checked against the run."""
     from nerft.models.base import resolve_model
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -86,10 +102,60 @@ def _export_adapter(src: RunSource, out: ExportDir, name: str, log) -> ExportRes
         generation = None
     out.copy_adapter(src.weights, skip=src.record_files)  # validation scores: in the card
     task = src.task or Task(src.labels, src.answer_format)
-    out.write_task(task_record(task, tokenizer, generation, base_model=src.base, head=src.head))
-    out.write_card(card_text(src, kind="adapter", task=task, parity=None, name=name))
+    record = task_record(task, tokenizer, generation, base_model=src.base, head=src.head)
+    out.write_task(record)
+    gguf_report = None
+    if gguf is not None:
+        gguf_report = _adapter_gguf(src, out, folder, task, record["stop_tokens"], probes, gguf, log)
+    out.write_card(card_text(src, kind="adapter", task=task, parity=None, gguf_parity=gguf_report,
+                             name=name))
     log(f"adapter from {src.weights} with {out.task_file.name} and {out.card.name}")
-    return ExportResult(out.path, "adapter")
+    return ExportResult(out.path, "adapter", gguf_parity=gguf_report)
+
+
+def _adapter_gguf(src: RunSource, out: ExportDir, base_folder: Path, task: Task,
+                  stop_tokens: list[str], probes: int, gguf: str, log) -> ParityReport:
+    """base-TYPE.gguf and adapter-f16.gguf, reloaded (the base by transformers, the LoRA as
+    llama.cpp applies it) and compared with the run."""
+    from nerft.export.gguf import (ADAPTER_TYPE, apply_adapter_gguf, check_adapter_convertible,
+                                   convert, convert_adapter, load_gguf, write_ollama_files)
+
+    check_adapter_convertible(out.adapter)  # before any slow step
+    model, tokenizer = _load_run_model(src)
+    task_texts = _probe_texts(src, probes)
+    log(f"reference answers of the run on {len(task_texts)} sentences")
+    reference = reference_outputs(model, tokenizer, task, task_texts)
+    del model
+    log(f"converting the base model to GGUF ({gguf}) and the adapter with llama.cpp's converters")
+    base = convert(base_folder, out.base_gguf(gguf), gguf, log)
+    adapter = convert_adapter(out.adapter, base_folder, out.adapter_gguf(ADAPTER_TYPE))
+    write_ollama_files(out, task, stop_tokens, base, *_answer_budget(src, task_texts), adapter=adapter)
+    log(f"reloading {base.name} with transformers (gguf_file=) and applying {adapter.name}")
+    base_model, gguf_tok = load_gguf(base)
+    _check_tokenizer(tokenizer, gguf_tok, task_texts, task)
+    report = check_parity(reference, apply_adapter_gguf(base_model, adapter), gguf_tok, task,
+                          task_texts, gguf)
+    log(f"GGUF check passed: {report.line()}")
+    return report
+
+
+def _answer_budget(src: RunSource, texts: list[str]) -> tuple[int, str]:
+    """(num_predict, what it is) for the Modelfile: nerft's per-sentence answer budget for the
+    longest sentence of the run's prepared data, else of the sentences the export checks."""
+    from nerft.data.prepared import PreparedData
+    from nerft.data.split import SPLITS
+    from nerft.infer.stopping import answer_token_budget
+
+    longest, where = "", "the longest sentence of the run's data"
+    if src.data_dir is not None:
+        data = PreparedData(src.data_dir)
+        for split in SPLITS:
+            if data.split(split).is_file():
+                longest = max(chain([longest], (ex.text for ex in data.rows(split))), key=len)
+    if not longest:
+        longest, where = max(texts, key=len), "the longest sentence the export checked (no run data at hand)"
+    budget = answer_token_budget(longest)
+    return budget, f"{budget} tokens for {where} ({len(longest)} characters)"
 
 
 def _export_merged(src: RunSource, out: ExportDir, name: str, dtype: str, probes: int,
@@ -128,11 +194,13 @@ def _export_merged(src: RunSource, out: ExportDir, name: str, dtype: str, probes
     log(f"check passed: {report.line()}")
     gguf_report = None
     if gguf is not None:
-        from nerft.export.gguf import load_gguf, write_gguf_files
+        from nerft.export.gguf import convert, load_gguf, write_ollama_files
 
         del reloaded
         log(f"converting to GGUF ({gguf}) with llama.cpp's convert_hf_to_gguf.py")
-        file = write_gguf_files(out, task, [reloaded_tok.convert_ids_to_tokens(i) for i in stops], gguf)
+        file = convert(out.path, out.gguf(gguf), gguf, log)
+        write_ollama_files(out, task, [reloaded_tok.convert_ids_to_tokens(i) for i in stops], file,
+                           *_answer_budget(src, texts))
         log(f"reloading {file.name} with transformers (gguf_file=)")
         gguf_model, gguf_tok = load_gguf(file)
         _check_tokenizer(tokenizer, gguf_tok, texts, task)

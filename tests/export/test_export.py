@@ -102,7 +102,7 @@ def test_export_errors(cli, tiny_lora_run, tmp_path, merged):
     result = cli([tiny_lora_run, "--out", out])
     assert result.exit_code == 2 and "already exists and is not empty" in result.output
     result = cli([tiny_lora_run, "--out", tmp_path / "y", "--gguf", "q4"])
-    assert result.exit_code == 2 and "choose f16 or q8_0" in result.output
+    assert result.exit_code == 2 and "choose one of f16, q8_0, q3_k_m" in result.output
 
 
 def test_full_fine_tuning_run_exports_as_a_model_folder(cli, tiny_lora_run, tiny_model_dir, tmp_path):
