@@ -54,29 +54,6 @@ def tiny_model_dir():
 
 
 TINY_RUN_LABELS = ["地点", "人名", "地理实体", "组织"]
-# Hand-written sentences (not corpus text) for the tiny run's validation split.
-TINY_RUN_VAL = ["张三在北京大学读书。", "李四昨天去了上海。", "联合国秘书长访问了日内瓦。"]
-
-
-def save_random_lora(model_dir: Path, out: Path) -> None:
-    """A LoRA (r 4, alpha 8, on q_proj and v_proj) of the model in `model_dir`, its B drawn from
-    a fixed seed (non-zero, so it really changes the model), saved to `out`."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                               task_type="CAUSAL_LM"))
-        with torch.no_grad():
-            for name, p in lora.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.02)
-    lora.save_pretrained(out)
-
-
 @pytest.fixture(scope="session")
 def tiny_lora_run(tmp_path_factory, tiny_model_dir):
     """What `nerft train` leaves behind, on the tiny model: config.yaml, run.json, a LoRA adapter
@@ -85,6 +62,7 @@ def tiny_lora_run(tmp_path_factory, tiny_model_dir):
     import json
 
     import yaml
+    from tiny import TINY_RUN_VAL, save_random_lora
 
     run = tmp_path_factory.mktemp("tiny-run")
     data = run.parent / (run.name + "-data")

@@ -141,3 +141,26 @@ def tiny_qwen2(path: Path | None = None, *, layers: int = 2, hidden: int = 64, h
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return folder
+
+
+# Hand-written sentences (not corpus text) for the tiny run's validation split.
+TINY_RUN_VAL = ["张三在北京大学读书。", "李四昨天去了上海。", "联合国秘书长访问了日内瓦。"]
+
+
+def save_random_lora(model_dir: Path, out: Path) -> None:
+    """A LoRA (r 4, alpha 8, on q_proj and v_proj) of the model in `model_dir`, its B drawn from
+    a fixed seed (non-zero, so it really changes the model), saved to `out`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                               task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02)
+    lora.save_pretrained(out)

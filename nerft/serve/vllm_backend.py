@@ -166,6 +166,14 @@ def _dtype(found: ModelRef) -> str:
     return "bfloat16" if found.dtype == "auto" else found.dtype  # as the hf backend on a GPU
 
 
+def _refuse_tagger(ref: str, found: ModelRef) -> None:
+    """vLLM generates; merged, a tagging head's weights would load as a chat model and answer
+    with whatever its untouched output layer writes."""
+    if found.head == "tagger":
+        raise ServeError(f"{ref} has a tagging head (method.head tagger), which vLLM cannot run "
+                         "(it only generates text); serve it with --backend hf")
+
+
 def plan_vllm(refs: list[str], labels: tuple[str, ...] | None = None, *, merge=None) -> VllmPlan:
     """What to start vLLM with for these references. `merge(ref) -> folder` writes merged
     weights for an adapter vLLM cannot load (default: `merged_weights`)."""
@@ -178,6 +186,7 @@ def plan_vllm(refs: list[str], labels: tuple[str, ...] | None = None, *, merge=N
                              "answers with its own labels")
         found = check_together(refs)
         for ref, one in zip(refs, found):
+            _refuse_tagger(ref, one)
             problem = adapter_problem(one.adapter)
             if problem:
                 raise ServeError(f"{ref} is {problem}, which vLLM cannot load as a LoRA; serve it "
@@ -189,6 +198,7 @@ def plan_vllm(refs: list[str], labels: tuple[str, ...] | None = None, *, merge=N
                         max(lora_rank(one.adapter) for one in found))
     ref = refs[0]
     found = describe(ref)
+    _refuse_tagger(ref, found)
     run = VllmRun(served_name(ref), _task(found, labels), None)
     if found.adapter is not None and adapter_problem(found.adapter) is None:
         base = str(resolve_model(found.weights))

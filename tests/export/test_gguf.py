@@ -83,7 +83,7 @@ def test_modelfile_renders_the_training_prompt(gguf_export):
 def test_modelfile_budget_is_nerfts_answer_budget(gguf_export):
     # Not a fixed 512: the budget nerft decodes with, for the longest sentence of the run's data
     # (the tiny run's data is its three validation sentences).
-    from conftest import TINY_RUN_VAL
+    from tiny import TINY_RUN_VAL
 
     out, _ = gguf_export
     text = (out / "Modelfile").read_text(encoding="utf-8")

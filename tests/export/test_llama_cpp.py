@@ -36,7 +36,7 @@ def test_k_quants_without_a_toolchain_fail_in_one_line(tmp_path, monkeypatch):
 def wide_lora_run(tiny_lora_run, tmp_path_factory):
     """The tiny run's records around a LoRA on a 256-wide tiny Qwen2: k-quant blocks hold 256
     weights, and llama-quantize gives narrower rows other types."""
-    from conftest import save_random_lora
+    from tiny import save_random_lora
     from tiny import tiny_qwen2
 
     base_dir = tiny_qwen2(layers=2, hidden=256, heads=4, kv_heads=2, intermediate=512)

@@ -243,3 +243,14 @@ def test_routes_serve_the_async_engine(scripted, hf_runs, tiny_lora_run, second_
         server.stop()
     (engine,) = scripted[0].started
     assert engine.stopped  # the app's shutdown stops the engine
+
+
+def test_a_tagging_head_is_refused_in_one_line(tagger_lora_run, tiny_lora_run):
+    """vLLM only generates: a tagger run, alone or beside a generating one, is refused before
+    anything loads (merged, it would have been served as a chat model)."""
+    from nerft.serve.vllm_backend import plan_vllm
+
+    with pytest.raises(ServeError, match="tagging head"):
+        plan_vllm([str(tagger_lora_run)])
+    with pytest.raises(ServeError, match="different heads|tagging head"):
+        plan_vllm([str(tiny_lora_run), str(tagger_lora_run)])
