@@ -25,12 +25,10 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import get_args
 
@@ -39,6 +37,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from nerft import atomic
+from nerft import versions as provenance
 from nerft.config import ANSWER_FORMATS, Config, HeadName, ModelConfig, dump_config
 from nerft.data.prepared import PreparedData
 from nerft.errors import NerftError
@@ -428,31 +427,6 @@ def _read_json_object(path: Path) -> dict:
     return data
 
 
-PACKAGES = ("nerft", "torch", "transformers", "peft", "accelerate", "datasets", "swanlab")
-
-
-def git_commit() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True,
-                               text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict[str, str | None]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[str],
                  resume_changes: list[str] = (), lineage: dict | None = None,
                  training_rows: dict | None = None, guidelines: dict | None = None) -> None:
@@ -468,8 +442,8 @@ def init_run_dir(config: Config, run_dir: Path, *, resume: bool, labels: list[st
         "labels": labels,
         "seed": config.training.seed,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": versions(),
-        "git_commit": git_commit(),
+        "versions": provenance.versions(),
+        "git_commit": provenance.git_commit(),
         "command": sys.argv,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count()},
