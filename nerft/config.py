@@ -93,8 +93,17 @@ ADAPTER_KINDS = ("lora", "dora")
 
 # What the model answers with: `generate` writes the entities as text (the chat model's own
 # output layer); `tagger` puts a token-classification head (BIO tags) on the same backbone and
-# generates nothing (nerft.task.bio; BENCHMARKS.md "Tagging head").
-HeadName = Literal["generate", "tagger"]
+# generates nothing (nerft.task.bio; BENCHMARKS.md "Tagging head"); `tagger-bidirectional` is
+# that head with the backbone's causal mask lifted, so that each token also sees the tokens
+# after it, as an encoder tagger's do (a decoder sees only the left context: at the first
+# character of a name it has not read the rest).
+HeadName = Literal["generate", "tagger", "tagger-bidirectional"]
+TAGGER_HEADS = ("tagger", "tagger-bidirectional")
+
+
+def is_tagger(head: str) -> bool:
+    """A tagging head (BIO tags, no generation), whichever attention its backbone uses."""
+    return head in TAGGER_HEADS
 
 
 class MethodConfig(_Section):
@@ -102,7 +111,8 @@ class MethodConfig(_Section):
     head: HeadName = Field(
         "generate", description="generate: the model writes its answer; tagger: a BIO "
         "token-classification head over the backbone's hidden states, trained in full (no "
-        "generation, so no stop rule, grammar or constrained decoding)")
+        "generation, so no stop rule, grammar or constrained decoding); tagger-bidirectional: "
+        "the same with the causal mask lifted (every token sees the whole sentence)")
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(32, gt=0)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
@@ -214,7 +224,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _tagger_starts_fresh(self):
-        if self.method.head == "tagger" and self.init_from is not None:
+        if is_tagger(self.method.head) and self.init_from is not None:
             raise ValueError("init_from is not supported with method.head tagger yet: train "
                              "the tagger from the base model (init_from unset)")
         return self

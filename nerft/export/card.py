@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nerft.config import is_tagger
 from nerft.export import ExportError
 from nerft.export.gguf import ADAPTER_TYPE
 from nerft.export.run_source import RunSource
@@ -50,7 +51,8 @@ def card_text(src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None
     """The text of the export's model card; `name` is the folder name the export will have."""
     info = src.info
     method = src.method or {"kind": "lora"}
-    tags = ["ner", "token-classification-by-generation", "nerft", "lora" if kind == "adapter" else "merged"]
+    how = "token-classification" if is_tagger(src.head) else "token-classification-by-generation"
+    tags = ["ner", how, "nerft", "lora" if kind == "adapter" else "merged"]
     front = ["---", f"base_model: {json.dumps(src.base)}",
              f"library_name: {'peft' if kind == 'adapter' else 'transformers'}",
              "language: [zh]", f"tags: [{', '.join(tags)}]", "---", ""]
@@ -83,11 +85,13 @@ def card_text(src: RunSource, *, kind: str, task: Task, parity, gguf_parity=None
         f"`{task.format_record()['line']}`, in sentence order, or the phrase "
         f"`{task.pieces.no_entity}`. nerft decodes greedily with a constraint that keeps every entity "
         "text a substring of the sentence and every label in the label set.")
-    if src.head == "tagger":
-        answer_note = ("A tagging head (method.head tagger): the sentence's tokens alone go in (no "
-                       "prompt), one BIO tag per token comes out (the tags are in `config.json`'s "
-                       "`id2label`), and nerft reads the entities from the tags "
-                       "(`nerft.task.bio`); nothing is generated.")
+    if is_tagger(src.head):
+        attention = (" The backbone's causal mask is lifted: every token sees the whole sentence."
+                     if src.head == "tagger-bidirectional" else "")
+        answer_note = (f"A tagging head (method.head {src.head}): the sentence's tokens alone go in "
+                       "(no prompt), one BIO tag per token comes out (the tags are in "
+                       "`config.json`'s `id2label`), and nerft reads the entities from the tags "
+                       f"(`nerft.task.bio`); nothing is generated.{attention}")
     body += ["## Use", "```bash",
              f"nerft serve {name}      # HTTP API, web page, OpenAI-compatible endpoint",
              f"nerft predict {name} \"张三在北京工作。\"" if kind == "merged" else

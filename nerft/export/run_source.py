@@ -27,7 +27,7 @@ class RunSource:
     data_dir: Path | None = None
     answer_format: str = "json"  # data.answer_format the run was trained with
     task: Task | None = None  # the run's whole task (labels, answer format, guidelines)
-    head: str = "generate"  # method.head: generate, or tagger (a token-classification head)
+    head: str = "generate"  # method.head: generate, tagger or tagger-bidirectional
 
     @property
     def config_file(self) -> Path:

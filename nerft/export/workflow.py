@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from nerft.config import is_tagger
 from nerft.export import ExportCheckFailed, ExportError
 from nerft.export.card import card_text, check_scores
 from nerft.export.parity import PROBE_SENTENCES, ParityReport, check_parity, reference_outputs
@@ -51,7 +52,7 @@ def export_run(run: Path, out: Path, *, merge: bool = False, dtype: str = "auto"
         raise ExportError("--gguf-adapter goes with --gguf TYPE (the base model's type) and "
                           "without --merge: it keeps the adapter apart from the base model")
     src = read_run(run, trust_remote_code=trust_remote_code)
-    if gguf is not None and src.head == "tagger":
+    if gguf is not None and is_tagger(src.head):
         raise ExportError(f"--gguf: {run} has a tagging head (method.head tagger), which "
                           "llama.cpp cannot run (it only generates); export without --gguf "
                           "(the adapter, or --merge for transformers)")
@@ -171,7 +172,7 @@ def _export_merged(src: RunSource, out: ExportDir, name: str, dtype: str, probes
     if src.is_adapter:
         model = model.merge_and_unload()
     saved_dtype = _saved_dtype(src, dtype)
-    tagger = src.head == "tagger"  # its head and tags travel in config.json; it generates nothing
+    tagger = is_tagger(src.head)  # its head and tags travel in config.json; it generates nothing
     generation = getattr(model, "generation_config", None)  # a token classifier has none
     stops = stop_token_ids(tokenizer, generation)
     if not tagger:

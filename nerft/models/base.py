@@ -96,12 +96,14 @@ def pick_dtype(dtype: str, device: str):
 
 def load_model_and_tokenizer(source: str, *, dtype: str = "auto", device: str = "auto",
                              trust_remote_code: bool = False, tokenizer_folder: Path | None = None,
-                             tags: list[str] | None = None):
+                             tags: list[str] | None = None, bidirectional: bool = False):
     """Resolve `source` and return (model, tokenizer), the model on `device` in eval mode.
 
     `tokenizer_folder` for weights saved without a tokenizer (a full fine-tuning run's best/).
     `tags`: the backbone with a token-classification head of these outputs (method.head
     tagger) instead of the language-model head; a head the weights lack starts untrained.
+    `bidirectional` (method.head tagger-bidirectional): every token attends to the whole row
+    (`lift_causal_mask`); weights saved that way say so in their config and load the same way.
     The tokenizer's padding side is left as the model ships it: callers choose.
     """
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
@@ -130,7 +132,28 @@ def load_model_and_tokenizer(source: str, *, dtype: str = "auto", device: str = 
     if not tokenizer.chat_template:
         raise ModelSourceError(f"'{source}' has no chat template: nerft needs a chat model "
                                "(for Qwen2 use an -Instruct model)")
+    if tags is not None and (bidirectional or getattr(model.config, "is_causal", True) is False):
+        lift_causal_mask(model)
     return model.to(device).eval(), tokenizer
+
+
+def lift_causal_mask(model) -> None:
+    """Let every token attend to every other real token of its row (padding stays masked).
+
+    transformers builds a bidirectional mask when the config says `is_causal: false`
+    (masking_utils.create_causal_mask), and that flag is saved with the weights; but each
+    attention module keeps its own `is_causal`, which SDPA uses instead of a mask when a row
+    has no padding, so both are switched off. Only for the tagging head: a model that
+    generates must stay causal."""
+    model.config.is_causal = False
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "is_causal", None) is True:
+            module.is_causal = False
+            switched += 1
+    if switched == 0:
+        raise ModelSourceError(f"{type(model).__name__}: found no attention module with a causal "
+                               "switch; method.head tagger-bidirectional needs one")
 
 
 def _from_gguf(path: Path) -> Path:

@@ -17,8 +17,9 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
+from nerft.config import HeadName, is_tagger
 from nerft.data.labels import PRESETS
 from nerft.task.bio import tag_names
 from nerft.errors import NerftError
@@ -55,7 +56,7 @@ class ModelRef:
     dtype: str = "auto"
     system_prompt: str | None = None  # an export's pinned prompt, checked against ours
     record: Path | None = None  # the file `system_prompt` came from, for the error message
-    head: str = "generate"  # method.head: generate, or tagger (a token-classification head)
+    head: str = "generate"  # method.head: generate, tagger or tagger-bidirectional
 
 
 @contextmanager
@@ -95,16 +96,16 @@ def load_model(ref: str, trainable: bool = False, *, labels=None, fallback_label
 
     found = describe(ref, trust_remote_code=trust_remote_code)
     task = _task(found, labels, fallback_labels)  # before the weights: a bad record fails at once
-    if found.head == "tagger" and task.labels != found.task.labels:
+    if is_tagger(found.head) and task.labels != found.task.labels:
         raise InferenceError(f"{ref}: a tagger's labels are its head's outputs "
                              f"({','.join(found.task.labels)}); it cannot be asked for others "
                              "(drop --labels)")
-    tags = tag_names(task.labels) if found.head == "tagger" else None
+    tags = tag_names(task.labels) if is_tagger(found.head) else None
     try:  # unreadable or broken weight files: one line naming the reference, for every verb
         model, tokenizer = load_model_and_tokenizer(
             found.weights, dtype=dtype or found.dtype, device=device,
             trust_remote_code=trust_remote_code, tokenizer_folder=found.tokenizer_folder,
-            tags=tags)
+            tags=tags, bidirectional=found.head == "tagger-bidirectional")
         if found.adapter is not None:
             model = init_adapter(model, found.adapter, trainable=trainable,
                                  merge=not trainable if merge is None else merge)
@@ -192,8 +193,9 @@ def _describe_export(export: ExportDir) -> ModelRef:
         raise InferenceError(str(e)) from e
     prompt = record.get("system_prompt")
     head = record.get("head", "generate")  # exports from before the field generated
-    if head not in ("generate", "tagger"):
-        raise InferenceError(f"{export.task_file}: field head {head!r} is not generate or tagger")
+    if head not in get_args(HeadName):
+        raise InferenceError(f"{export.task_file}: field head {head!r} is not one of "
+                             f"{', '.join(get_args(HeadName))}")
     common = dict(task=task, system_prompt=prompt if isinstance(prompt, str) else None,
                   record=export.task_file, head=head)
     if export.has_adapter:

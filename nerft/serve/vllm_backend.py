@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nerft.atomic import staged_folder
+from nerft.config import is_tagger
 from nerft.errors import NerftError
 from nerft.export.grammar import answer_grammar
 from nerft.infer.predict import Decoded
@@ -169,7 +170,7 @@ def _dtype(found: ModelRef) -> str:
 def _refuse_tagger(ref: str, found: ModelRef) -> None:
     """vLLM generates; merged, a tagging head's weights would load as a chat model and answer
     with whatever its untouched output layer writes."""
-    if found.head == "tagger":
+    if is_tagger(found.head):
         raise ServeError(f"{ref} has a tagging head (method.head tagger), which vLLM cannot run "
                          "(it only generates text); serve it with --backend hf")
 

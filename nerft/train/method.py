@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nerft.config import ADAPTER_KINDS, MethodConfig
+from nerft.config import ADAPTER_KINDS, MethodConfig, is_tagger
 
 
 @dataclass
@@ -42,7 +42,7 @@ def apply_method(model, method: MethodConfig):
             use_dora=method.kind == "dora",
             # TOKEN_CLS: PEFT trains the new head (`score`) in full beside the adapter and
             # saves it with the adapter (modules_to_save)
-            task_type="TOKEN_CLS" if method.head == "tagger" else "CAUSAL_LM",
+            task_type="TOKEN_CLS" if is_tagger(method.head) else "CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
     elif method.kind == "full":
@@ -50,7 +50,7 @@ def apply_method(model, method: MethodConfig):
             p.requires_grad_(True)
     elif method.kind == "freeze":
         layers = set(top_layer_indices(model, method.top_k_layers) or [])
-        head = ("score.",) if method.head == "tagger" else ()  # a new head always trains
+        head = ("score.",) if is_tagger(method.head) else ()  # a new head always trains
         if not layers and not method.trainable_modules and not head:
             raise ValueError("method.kind=freeze needs method.top_k_layers and/or "
                              "method.trainable_modules, or nothing would train")

@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from nerft.config import ADAPTER_KINDS, Config
+from nerft.config import ADAPTER_KINDS, Config, is_tagger
 from nerft.data.example import Example
 from nerft.data.prepared import PreparedData
 from nerft.task.prompt import Task
@@ -269,7 +269,8 @@ def _load_model(config: Config, lineage: continual.Lineage | None, task: Task):
         lineage.source if lineage else config.model.source, dtype=config.model.dtype,
         trust_remote_code=config.model.trust_remote_code,
         tokenizer_folder=lineage.tokenizer_folder if lineage else None,
-        tags=tag_names(task.labels) if config.method.head == "tagger" else None)
+        tags=tag_names(task.labels) if is_tagger(config.method.head) else None,
+        bidirectional=config.method.head == "tagger-bidirectional")
 
 
 def _setup_method(config: Config, model, lineage: continual.Lineage | None, console: Console):
@@ -285,7 +286,7 @@ def _setup_method(config: Config, model, lineage: continual.Lineage | None, cons
 def _encode(config: Config, tokenizer, task: Task, rows: TrainingRows, console: Console):
     """(encoded training rows, the fixed validation subset, that subset encoded)."""
     val_subset = validation_subset(rows.val, config.eval.val_size, config.training.seed)
-    if config.method.head == "tagger":
+    if is_tagger(config.method.head):
         console.print(NOT_USED, highlight=False, soft_wrap=True)
         train_enc, train_report, tags = encode_tagged(tokenizer, task.labels, rows.train,
                                                       config.data.max_length)
@@ -336,7 +337,7 @@ def _setup_trainer(config: Config, run: RunDir, model, tokenizer, task: Task, en
     dtype = next(model.parameters()).dtype
     args = _training_args(config, run, schedule, score_start, dtype)
     mask_dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
-    tagger = config.method.head == "tagger"
+    tagger = is_tagger(config.method.head)
     collator = PackedCollator("none" if tagger else config.training.packing,
                               pad_id=tokenizer.pad_token_id or 0, mask_dtype=mask_dtype)
     validation = Validation(task, tokenizer, val_subset, batch_size=config.eval.batch_size,
