@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.facts import other_heavy_processes
 from bench.report import write_results
 from bench.run import (SideFailed, add_shared_options, data_dir, machine_before, prepare_work, ratio,
-                       run_side)
+                       reused_side, run_side)
 
 # name -> the `nerft train` overrides it sets; besides these, `top-K` (any K) adapts the top K
 # blocks only, `combined` is lora_dropout=0 with the top --combined-top-k blocks, and levers
@@ -295,16 +295,11 @@ def same_rows_claim(r: dict) -> str:
 def reused_baseline(work: Path, spec: dict) -> dict:
     """The baseline side's result from an earlier run in `work`, if its spec equals `spec`
     (same rows, model, samples, checkpoints and readers); otherwise a clear error."""
-    spec_path, out_path = work / "train-baseline.spec.json", work / "train-baseline.json"
-    if not out_path.is_file():
-        raise SystemExit(f"--reuse-baseline: {out_path} not found (no finished baseline run in {work})")
-    earlier = json.loads(spec_path.read_text(encoding="utf-8"))
-    differs = sorted(k for k in set(earlier) | set(spec) if earlier.get(k) != spec.get(k))
-    if differs:
-        raise SystemExit(f"--reuse-baseline: {spec_path} was run with other settings "
-                         f"({', '.join(differs)}); run without --reuse-baseline")
-    print(f"[bench] train-baseline reused from {out_path}", file=sys.stderr, flush=True)
-    return json.loads(out_path.read_text(encoding="utf-8"))
+    found = reused_side(work, "train-baseline", spec, "--reuse-baseline")
+    if found is None:
+        raise SystemExit(f"--reuse-baseline: {work / 'train-baseline.json'} not found (no finished "
+                         f"baseline run in {work})")
+    return found
 
 
 def failed_row(name: str, overrides: list[str], error: SideFailed) -> dict:

@@ -24,6 +24,18 @@ def _common(q: dict | None) -> str:
     return _f1((q or {}).get("common_reader"))
 
 
+def reused_line(reused: dict) -> str | None:
+    """Which sides an earlier invocation measured (`--resume`), each with when and at what load."""
+    if not reused:
+        return None
+    said = [f"{tag} ({ran.get('started', 'date not recorded')}, {_num(ran.get('seconds'), 0)} s, "
+            f"load after {', '.join(f'{x:.1f}' for x in ran.get('load_average_after', [])) or '-'})"
+            for tag, ran in reused.items()]
+    return ("**Sides measured by an earlier invocation** in the same work folder with the same "
+            f"settings (`--resume`), reused here: {'; '.join(said)}. The machine facts above are "
+            "this invocation's.\n")
+
+
 def markdown_table(r: dict) -> str:
     tb, tn = r["train"]["baseline"], r["train"]["nerft"]
     ib, inn = r["infer"]["baseline"], r["infer"]["nerft"]
@@ -51,6 +63,7 @@ def markdown_table(r: dict) -> str:
         f"{tb.get('lora_init_checksum') is not None and tb.get('lora_init_checksum') == tn.get('lora_init_checksum')}; "
         f"validation {rows['val']} rows, test {rows['test']} rows.",
         "",
+        reused_line(r.get("sides_reused") or {}),
         "## Training",
         "",
         "| | baseline (worked example) | nerft | nerft / baseline |",

@@ -8,6 +8,12 @@ and test rows. Each side trains in its own process (bench/sides.py), then each d
 its own process on the same trained adapter (nerft's), so peak memory and timings are per side.
 Writes bench/results/<name>.json and <name>.md and prints the table.
 
+A full run on the demo model takes hours on 2 CPU cores. `--work DIR --resume` splits it: every
+side that finished in DIR with the same settings is reused (its own date, seconds and load are
+in the result and the table names it), so a stopped run goes on where it stopped:
+
+    python -m bench.run --model demo --name demo-cpu --work ~/.cache/nerft/bench-demo-cpu --resume
+
 Quality: both sides start from the same LoRA weights (bench.instrument.same_lora_init) and are
 scored on the same validation rows twice: with each side's own reader (the baseline: the
 example's decoding, 512 tokens, its stop rule, its back-to-back object format; nerft: its
@@ -32,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.facts import machine_facts, matmul_peak_gflops, other_heavy_processes
@@ -71,8 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training rows to time tokenisation on (default 500 / all)")
     p.add_argument("--no-equal-time", action="store_true",
                    help="do not continue nerft's run to the baseline's training time")
+    p.add_argument("--resume", action="store_true", help="reuse every side that finished in "
+                   "--work with the same settings; run only the others")
     add_shared_options(p)
     args = p.parse_args(argv)
+    if args.resume and args.work is None:
+        p.error("--resume needs --work: the folder of the run to go on with")
     quick = args.quick
     args.model = args.model or ("tiny" if quick else "demo")
     args.name = args.name or ("quick" if quick else Path(args.model).name)
@@ -155,11 +166,15 @@ class SideFailed(SystemExit):
 
 
 def run_side(role: str, spec: dict, work: Path, tag: str | None = None) -> dict:
-    """Run one side in its own process; `tag` names its files (default: the role)."""
+    """Run one side in its own process; `tag` names its files (default: the role). The result
+    records when it ran, for how long and at what load (`ran`), so that a side reused by a later
+    invocation still says so."""
     tag = tag or role
     spec_path, out_path, log_path = work / f"{tag}.spec.json", work / f"{tag}.json", work / f"{tag}.log"
+    out_path.unlink(missing_ok=True)  # a result left by a failed or changed run is never reused
     spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     print(f"[bench] {tag} ... (log: {log_path})", file=sys.stderr, flush=True)
+    started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         done = subprocess.run([sys.executable, "-m", "bench.sides", role, str(spec_path), str(out_path)],
@@ -167,7 +182,28 @@ def run_side(role: str, spec: dict, work: Path, tag: str | None = None) -> dict:
     if done.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise SideFailed(f"[bench] {tag} failed (exit {done.returncode}); log tail:\n{tail}")
-    print(f"[bench] {tag} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - start
+    print(f"[bench] {tag} done in {seconds:.0f} s", file=sys.stderr, flush=True)
+    result = json.loads(out_path.read_text(encoding="utf-8"))
+    result["ran"] = {"started": started_utc, "seconds": round(seconds, 1),
+                     "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+    out_path.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+    return result
+
+
+def reused_side(work: Path, tag: str, spec: dict, option: str) -> dict | None:
+    """The result of side `tag` finished earlier in `work` with exactly `spec` (same rows, model,
+    samples, checkpoints and readers); None when it never finished there. Other settings are a
+    clear error: mixing them would compare different work."""
+    spec_path, out_path = work / f"{tag}.spec.json", work / f"{tag}.json"
+    if not out_path.is_file():
+        return None
+    earlier = json.loads(spec_path.read_text(encoding="utf-8"))
+    differs = sorted(k for k in set(earlier) | set(spec) if earlier.get(k) != spec.get(k))
+    if differs:
+        raise SystemExit(f"{option}: {spec_path} was run with other settings "
+                         f"({', '.join(differs)}); use another --work or run without {option}")
+    print(f"[bench] {tag} reused from {out_path}", file=sys.stderr, flush=True)
     return json.loads(out_path.read_text(encoding="utf-8"))
 
 
@@ -217,14 +253,23 @@ def main(argv=None) -> dict:
     work, rows, spec = prepare_work(args)
     folder = spec["model_folder"]
 
-    base = run_side("train-baseline", spec, work)
+    reused: dict[str, dict] = {}
+
+    def side(role: str, side_spec: dict) -> dict:
+        earlier = reused_side(work, role, side_spec, "--resume") if args.resume else None
+        if earlier is not None:
+            reused[role] = earlier.get("ran", {})
+            return earlier
+        return run_side(role, side_spec, work)
+
+    base = side("train-baseline", spec)
     budget = None if args.no_equal_time else base["train_seconds"]
-    ours = run_side("train-nerft", {**spec, "wall_budget_s": budget}, work)
+    ours = side("train-nerft", {**spec, "wall_budget_s": budget})
     infer_spec = {**spec, "adapter": ours["adapter"], "baseline_adapter": base["adapter"]}
-    inf_base = run_side("infer-baseline", infer_spec, work)
-    inf_ours = run_side("infer-nerft", infer_spec, work)
-    eq_hf = run_side("infer-equal-hf", infer_spec, work)
-    eq_ours = run_side("infer-equal-nerft", infer_spec, work)
+    inf_base = side("infer-baseline", infer_spec)
+    inf_ours = side("infer-nerft", infer_spec)
+    eq_hf = side("infer-equal-hf", infer_spec)
+    eq_ours = side("infer-equal-nerft", infer_spec)
     heavy_after = other_heavy_processes()
     # A busy machine lowers the peak as much as the runs: keep the better of two measurements.
     peak_after = matmul_peak_gflops(peak["n"], 1.0 if args.quick else 3.0)
@@ -238,6 +283,7 @@ def main(argv=None) -> dict:
         "machine": {**facts, "matmul_fp32_peak": peak},
         "contention": {"other_heavy_processes_before": heavy, "other_heavy_processes_after": heavy_after,
                        "contended": bool(contended)},
+        "sides_reused": reused,
         "rows": {"train_pool": len(rows["train"]), "samples": args.samples, "val": len(rows["val"]),
                  "test": len(rows["test"]), "tokenise": len(rows["tokenise"]),
                  "max_text_chars": MAX_TEXT_CHARS,

@@ -101,6 +101,35 @@ def test_quick_bench_reports_every_figure(tmp_path, shared_data):
     assert ours["tokens_computed_per_sample"] < base["tokens_computed_per_sample"]
     for key, value in r["ratios"].items():
         assert isinstance(value, (int, float)), key
+    assert r["sides_reused"] == {} and "earlier invocation" not in table
+
+    # A run stopped before its last side goes on with --resume: the finished sides are reused
+    # (the table names each with when it ran), only the missing one runs.
+    work = tmp_path / "work"
+    ran = {tag: json.loads((work / f"{tag}.json").read_text(encoding="utf-8"))["ran"]
+           for tag in ("train-baseline", "train-nerft", "infer-baseline", "infer-nerft", "infer-equal-hf")}
+    (work / "infer-equal-nerft.json").unlink()
+    again = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--name", "ci2", "--out", str(tmp_path / "out"),
+         "--work", str(work), "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[bench] infer-equal-nerft done" in again.stderr
+    r2 = json.loads((tmp_path / "out" / "ci2.json").read_text(encoding="utf-8"))
+    table2 = (tmp_path / "out" / "ci2.md").read_text(encoding="utf-8")
+    assert r2["sides_reused"] == ran
+    assert r2["train"] == r["train"] and r2["infer"]["baseline"] == r["infer"]["baseline"]
+    assert r2["infer"]["equal_work"]["identical_answers"] == rows["test"]
+    assert "**Sides measured by an earlier invocation**" in table2
+    assert f"train-baseline ({ran['train-baseline']['started']}, " in table2
+    # Other settings are never mixed with what the folder holds.
+    other = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--name", "ci3", "--out", str(tmp_path / "out"),
+         "--work", str(work), "--resume", "--samples", "32"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=900)
+    assert other.returncode != 0
+    assert "--resume: " in other.stderr and "was run with other settings (" in other.stderr
+    assert "samples" in other.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out" / "ci3.json").exists()
 
 
 def test_gpu_script_smoke_runs_on_cpu(tmp_path):
