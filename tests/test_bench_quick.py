@@ -117,7 +117,11 @@ def test_quick_bench_reports_every_figure(tmp_path, shared_data):
     r2 = json.loads((tmp_path / "out" / "ci2.json").read_text(encoding="utf-8"))
     table2 = (tmp_path / "out" / "ci2.md").read_text(encoding="utf-8")
     assert r2["sides_reused"] == ran
-    assert r2["train"] == r["train"] and r2["infer"]["baseline"] == r["infer"]["baseline"]
+    for side in ("baseline", "nerft"):  # the same figures; only the share of this run's peak moves
+        earlier, now = dict(r["train"][side]), dict(r2["train"][side])
+        earlier.pop("utilisation_of_matmul_peak"), now.pop("utilisation_of_matmul_peak")
+        assert now == earlier, side
+    assert r2["infer"]["baseline"] == r["infer"]["baseline"]
     assert r2["infer"]["equal_work"]["identical_answers"] == rows["test"]
     assert "**Sides measured by an earlier invocation**" in table2
     assert f"train-baseline ({ran['train-baseline']['started']}, " in table2
