@@ -156,13 +156,18 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
         return {**trained, "f1_at_samples": None}
     val = _load(spec, "val.jsonl")
 
+    reader_batch = spec.get("baseline_reader_batch", 1)
+    texts = [ex.text for ex in val]
+
     def own_reader() -> dict:
-        # the example's decoding (512 tokens, its stop rule) and format
+        # the example's decoding (512 tokens, its stop rule) and format; several sentences per
+        # generate call when bench.levers --baseline-reader-batch asks (scoring is off the clock)
         start = time.perf_counter()
-        answers, generated, _ = baseline.predict_all(model, tokenizer, [ex.text for ex in val],
-                                                     spec["max_new_tokens"])
+        answers, generated, _ = baseline.predict_all(model, tokenizer, texts, spec["max_new_tokens"],
+                                                     batch_size=reader_batch)
         return {**score(val, answers, task.labels), "generated_tokens": generated,
-                "eval_seconds": time.perf_counter() - start}
+                "eval_seconds": time.perf_counter() - start, "reader_batch": reader_batch,
+                "answers": answers}
 
     checkpoints = []
     with rss.phase("eval"):
@@ -175,6 +180,13 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
             own = checkpoints[-1]  # the last snapshot is the final adapter
         else:
             own = own_reader()
+        if reader_batch > 1:  # the batched reader against the example's own, on the final adapter
+            rows = spec.get("baseline_reader_check_rows", 16)
+            alone, _, seconds = baseline.predict_all(model, tokenizer, texts[:rows], spec["max_new_tokens"])
+            own["reader_check"] = {"rows": len(alone), "seconds": round(seconds, 1), "identical": sum(
+                a == b for a, b in zip(alone, own["answers"]))}
+        for entry in [own, *checkpoints]:
+            entry.pop("answers", None)
         common = (common_reader(spec, model, tokenizer, baseline_prompts(tokenizer, [ex.text for ex in val]),
                                 val, task) if spec.get("common_reader", True) else None)
     return {**trained, "evaluations": checkpoints,

@@ -116,7 +116,8 @@ def test_quick_time_to_f1_trains_past_samples_toward_the_target(tmp_path, shared
     done = subprocess.run(
         [sys.executable, "-m", "bench.levers", "--quick", "--name", "ttf", "--out", str(tmp_path / "out"),
          "--work", str(tmp_path / "work"), "--levers", "default", "--samples", "16",
-         "--every", "16", "--cap", "48", "--target", "1.5", "--no-common-reader"],
+         "--every", "16", "--cap", "48", "--target", "1.5", "--no-common-reader",
+         "--baseline-reader-batch", "4"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "ttf.json").read_text(encoding="utf-8"))
@@ -132,6 +133,26 @@ def test_quick_time_to_f1_trains_past_samples_toward_the_target(tmp_path, shared
     assert base["time_to_target"] is None and lever["time_to_target"] is None
     assert "| default |" in table and "| not within 48 samples | - | - |" in table
     assert base["f1_common_reader"] is None  # --no-common-reader holds for the baseline too
+    # The baseline's snapshots were read 4 sentences per generate call, and the final adapter's
+    # rows once more one at a time: the table says how many answers agreed.
+    assert base["reader_batch"] == 4 and base["reader_check"]["rows"] == r["rows"]["val"]
+    check = base["reader_check"]
+    assert f"gave the same answer for {check['identical']} of its first {check['rows']} rows" in table
+
+
+def test_the_batched_baseline_reader_answers_as_one_at_a_time(tiny_model_dir, shared_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.baseline import predict_all
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [json.loads(line) for line in (shared_data / "ccfbdci" / "ccfbdci.jsonl").open(encoding="utf-8")][:6]
+    texts = [row["text"][:60] for row in rows]
+    alone, alone_tokens, _ = predict_all(model, tokenizer, texts, 24)
+    batched, batched_tokens, _ = predict_all(model, tokenizer, texts, 24, batch_size=4)
+    assert batched == alone and batched_tokens == alone_tokens
+    assert tokenizer.padding_side == AutoTokenizer.from_pretrained(tiny_model_dir).padding_side
 
 
 def test_time_to_target_is_the_first_score_at_or_above_it():
