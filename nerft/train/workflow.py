@@ -188,7 +188,18 @@ class Schedule:
 
 def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[str],
            console: Console) -> RunSummary:
-    """The recipe, one named step per line; `last` is the checkpoint to resume from."""
+    """The recipe, one named step per line; `last` is the checkpoint to resume from.
+    training.num_threads holds for this run only: a caller that trains in its own process (a
+    notebook, the benches, the tests) gets its thread count back afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return _train_steps(config, run, last, resume_changes, console)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps(config: Config, run: RunDir, last: Path | None, resume_changes: list[str],
+                 console: Console) -> RunSummary:
     resume = last is not None
     _setup_process(config)
     rows = _setup_data(config, console)

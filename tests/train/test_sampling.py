@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from nerft.data.example import Example, Span
 from nerft.train.sampling import cap_empty_share
@@ -71,7 +72,7 @@ def test_learning_rate_auto_and_the_long_run_warning(tmp_path, tiny_model_dir):
             "data": {"dir": str(data), "max_empty_share": None},
             "model": {"source": str(tiny_model_dir)},
             "training": {"output_dir": str(tmp_path / name), "epochs": 40, "batch_size": 1,
-                         "grad_accum": 1, "lr": lr, "save_steps": 1},
+                         "grad_accum": 1, "lr": lr, "save_steps": 1, "num_threads": 1},
             "eval": {"eval_steps": 1, "at_start": False, "val_size": 2, "early_stopping_patience": 1},
             "tracking": {"swanlab": "off"}})
         out = io.StringIO()
@@ -79,7 +80,13 @@ def test_learning_rate_auto_and_the_long_run_warning(tmp_path, tiny_model_dir):
         assert summary.steps < 320
         return out.getvalue(), [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
 
-    printed, _ = run(1e-3, "fixed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        printed, _ = run(1e-3, "fixed")
+        assert torch.get_num_threads() == 3  # training.num_threads held for that run only
+    finally:
+        torch.set_num_threads(threads)
     assert "training.lr=0.001 over 320 optimizer steps" in printed
     assert "consider training.lr=2e-4 or training.lr=auto" in printed
     printed, metrics = run("auto", "auto")
