@@ -341,3 +341,23 @@ def test_demo_tokenizer_matches_the_tiny_models_tokenizer():
             b = tiny.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
             assert a == b
             assert demo(a)["input_ids"] == tiny(b)["input_ids"]
+
+
+def test_a_tagger_on_chat_weights_loads_without_the_new_head_report(tiny_model_dir, capfd):
+    import logging
+
+    from nerft.models.base import _ExpectedHeadReport, load_model_and_tokenizer
+
+    load_model_and_tokenizer(str(tiny_model_dir), tags=["O", "B-x", "I-x"])
+    assert "LOAD REPORT" not in capfd.readouterr().err  # the new head is expected: not news
+
+    def report(*rows):
+        lines = ["Qwen2ForTokenClassification LOAD REPORT from: x", "Key | Status | ", "----+---"]
+        message = "\n".join(lines + [f"{key} | {status} | " for key, status in rows])
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, "", 0, message, None, None)
+
+    quiet = _ExpectedHeadReport()
+    assert not quiet.filter(report(("score.weight", "MISSING"), ("lm_head.weight", "UNEXPECTED")))
+    # anything else a load report says still reaches the user
+    assert quiet.filter(report(("score.weight", "MISSING"), ("model.layers.0.mlp.up_proj.weight", "MISSING")))
+    assert quiet.filter(report(("score.weight", "MISMATCH")))

@@ -11,8 +11,10 @@ A source that cannot be reached fails within seconds with one line saying what t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from nerft.cache import FetchError, build_atomically, cache_root, is_complete, sha256_file
@@ -121,9 +123,10 @@ def load_model_and_tokenizer(source: str, *, dtype: str = "auto", device: str = 
         if tags is None:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **remote)
         else:
-            model = AutoModelForTokenClassification.from_pretrained(
-                folder, dtype=torch_dtype, num_labels=len(tags), id2label=dict(enumerate(tags)),
-                label2id={t: i for i, t in enumerate(tags)}, **remote)
+            with _new_head_expected():
+                model = AutoModelForTokenClassification.from_pretrained(
+                    folder, dtype=torch_dtype, num_labels=len(tags), id2label=dict(enumerate(tags)),
+                    label2id={t: i for i, t in enumerate(tags)}, **remote)
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelSourceError(f"'{source}' needs its own Python code to load; pass "
@@ -135,6 +138,34 @@ def load_model_and_tokenizer(source: str, *, dtype: str = "auto", device: str = 
     if tags is not None and (bidirectional or getattr(model.config, "is_causal", True) is False):
         lift_causal_mask(model)
     return model.to(device).eval(), tokenizer
+
+
+class _ExpectedHeadReport(logging.Filter):
+    """Drops transformers' load report when all it says is what a tagger on a chat model's
+    weights always has: a new `score` head (MISSING; a run's adapter or nerft's training fills
+    it) and the unused language-model head (UNEXPECTED). Any other line keeps the report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [[c.strip() for c in line.split("|")[:2]] for line in message.splitlines()
+                if line.count("|") >= 2 and not line.startswith("Key")]
+        expected = all((key.startswith("score.") and status == "MISSING")
+                       or (key.startswith("lm_head.") and status == "UNEXPECTED")
+                       for key, status in rows)
+        return not (rows and expected)
+
+
+@contextmanager
+def _new_head_expected():
+    log = logging.getLogger("transformers.modeling_utils")
+    quiet = _ExpectedHeadReport()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 def lift_causal_mask(model) -> None:
