@@ -22,7 +22,9 @@ def serve(
                                                "(Bearer, X-API-Key, or Basic password)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated label names "
                                          "(default: the run's or export's)."),
-    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sentences per decode call."),
+    max_batch: Optional[int] = typer.Option(
+        None, "--max-batch", min=1, help="Sentences per decode call (hf; default 16). vllm: the "
+        "engine's max_num_seqs (default: vLLM's own)."),
     max_wait_ms: float = typer.Option(10, "--max-wait-ms", min=0, help="How long the oldest "
                                       "waiting request may wait for others to share its batch."),
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Sentences waiting at most; "
@@ -31,7 +33,8 @@ def serve(
                                        help="Longest sentence accepted (413 beyond)."),
     max_texts: int = typer.Option(64, "--max-texts", min=1, help="Sentences per request (413 beyond)."),
     batching: bool = typer.Option(True, "--batching/--no-batching",
-                                  help="Share decode calls between concurrent requests."),
+                                  help="Share decode calls between concurrent requests (vllm: "
+                                  "--no-batching decodes one sequence at a time)."),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers, CPU or GPU) or vllm "
                                 "(a CUDA GPU and `pip install 'nerft[vllm]'`: vLLM's async "
                                 "engine, grammar-constrained, LoRA adapters per run)."),
@@ -73,6 +76,8 @@ def serve(
 
     if backend not in ("hf", "vllm"):
         fail(f"--backend {backend!r}: choose hf or vllm")
+    if backend == "hf":
+        max_batch = max_batch or 16
     if backend == "vllm":
         from nerft.serve.vllm_backend import check_vllm
 
@@ -100,13 +105,14 @@ def serve(
         from nerft.serve.vllm_backend import start_vllm
 
         runs, engine = start_vllm(refs, label_set, gpu_memory=gpu_memory,
-                                  max_text_chars=max_text_chars)
+                                  max_text_chars=max_text_chars,
+                                  max_num_seqs=max_batch if batching else 1)
     else:
         from nerft.serve.engine import load_runs
 
         runs = load_runs(refs, label_set, max_batch=max_batch)
     settings = ServeSettings(model_name=runs[0].name, max_text_chars=max_text_chars, max_texts=max_texts,
-                             max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
+                             max_batch=max_batch or 16, max_wait=max_wait_ms / 1000, max_queue=max_queue,
                              batching=batching, api_key=api_key or None, log_requests=log_requests,
                              feedback=feedback, log_max_bytes=int(log_max_mb * 2**20),
                              max_request_chars=max_request_chars, request_timeout=request_timeout,

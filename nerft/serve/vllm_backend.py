@@ -23,7 +23,9 @@ run, so `nerft serve A B` keeps one copy of the base weights). Adapters vLLM can
 `modules_to_save`, biases) are merged by nerft once into a cache folder, as are full and freeze
 runs' own weights, which vLLM loads as they are; such a run is served alone.
 
-vLLM does its own continuous batching: requests go straight to the engine, no nerft batcher.
+vLLM does its own continuous batching: requests go straight to the engine, no nerft batcher;
+`nerft serve --max-batch N` becomes the engine's `max_num_seqs` (vLLM's default when not given),
+and `--no-batching` makes it 1.
 """
 
 from __future__ import annotations
@@ -103,8 +105,11 @@ class VllmPlan:
     runs: tuple[VllmRun, ...]
     max_lora_rank: int | None  # None: no adapters, LoRA off
 
-    def engine_kwargs(self, *, gpu_memory: float = 0.85, max_text_chars: int = 2000) -> dict:
-        """AsyncEngineArgs' keyword arguments (vLLM 0.19.1 field names)."""
+    def engine_kwargs(self, *, gpu_memory: float = 0.85, max_text_chars: int = 2000,
+                      max_num_seqs: int | None = None) -> dict:
+        """AsyncEngineArgs' keyword arguments (vLLM 0.19.1 field names). `max_num_seqs`: the
+        most sequences vLLM decodes at once (`nerft serve --max-batch`; 1 with --no-batching);
+        None keeps vLLM's own default."""
         from vllm.config import StructuredOutputsConfig
 
         # The longest prompt (template + a sentence of up to 4 byte tokens a character) and its
@@ -121,6 +126,8 @@ class VllmPlan:
                       generation_config="vllm",
                       structured_outputs_config=StructuredOutputsConfig(backend=GRAMMAR_BACKEND),
                       enable_log_requests=False)
+        if max_num_seqs is not None:
+            kwargs["max_num_seqs"] = max_num_seqs
         if self.max_lora_rank is not None:
             kwargs.update(enable_lora=True, max_loras=len(self.runs),
                           max_lora_rank=self.max_lora_rank)
@@ -279,7 +286,8 @@ def run_decoder(engine, tokenizer, task: Task, lora_request, stop_ids: set[int])
 
 
 def start_vllm(refs: list[str], labels: tuple[str, ...] | None = None, *,
-               gpu_memory: float = 0.85, max_text_chars: int = 2000, plan: VllmPlan | None = None):
+               gpu_memory: float = 0.85, max_text_chars: int = 2000, plan: VllmPlan | None = None,
+               max_num_seqs: int | None = None):
     """(runs, {"alive", "shutdown"}) for `nerft.serve.app.serve_runs`: vLLM's async engine with
     every run's LoRA request, and each run's async decode."""
     from transformers import AutoTokenizer, GenerationConfig
@@ -294,7 +302,8 @@ def start_vllm(refs: list[str], labels: tuple[str, ...] | None = None, *,
         generation = None
     stop_ids = stop_token_ids(tokenizer, generation)
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
-        **plan.engine_kwargs(gpu_memory=gpu_memory, max_text_chars=max_text_chars)))
+        **plan.engine_kwargs(gpu_memory=gpu_memory, max_text_chars=max_text_chars,
+                             max_num_seqs=max_num_seqs)))
     loras = plan.lora_requests()
     runs = [ServedRun(run.name, run.task, run_decoder(engine, tokenizer, run.task, loras[run.name],
                                                       stop_ids))

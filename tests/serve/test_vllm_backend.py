@@ -80,6 +80,9 @@ def test_engine_arguments_and_lora_requests(fake_vllm, tiny_lora_run, second_lor
     assert args.max_model_len >= 4 * 100 + answer_token_budget("x" * 100)
     # never past the model's own positions (the tiny model has 4,096)
     assert one.engine_kwargs(max_text_chars=2000)["max_model_len"] == 4096
+    # nerft serve --max-batch is vLLM's max_num_seqs; without it vLLM keeps its own default
+    assert AsyncEngineArgs(**one.engine_kwargs(max_num_seqs=4)).max_num_seqs == 4
+    assert "max_num_seqs" not in one.engine_kwargs()
     (request,) = one.lora_requests().values()
     assert (request.lora_name, request.lora_int_id, request.lora_path) == (
         tiny_lora_run.name, 1, str(tiny_lora_run / "best"))
