@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nerft.config import is_tagger
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -192,7 +194,7 @@ def main(argv=None) -> dict:
         row["points"].update(kept)
         results["corpora"][name] = row
         # an untrained tagging head tags at random: the zero-shot point is generation's
-        if "0" not in kept and _recipe(args, folder).method.head != "tagger":
+        if "0" not in kept and not is_tagger(_recipe(args, folder).method.head):
             row["points"]["0"] = f1_on(_model_source(args, folder), test, labels, batch_size=16)
             _say(name, 0, row["points"]["0"])
             _write(results, out_json)
