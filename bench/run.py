@@ -254,12 +254,15 @@ def main(argv=None) -> dict:
     folder = spec["model_folder"]
 
     reused: dict[str, dict] = {}
+    ran_afresh = []  # once a side runs again, every later side does (it reads that side's output)
 
     def side(role: str, side_spec: dict) -> dict:
-        earlier = reused_side(work, role, side_spec, "--resume") if args.resume else None
+        earlier = (reused_side(work, role, side_spec, "--resume")
+                   if args.resume and not ran_afresh else None)
         if earlier is not None:
             reused[role] = earlier.get("ran", {})
             return earlier
+        ran_afresh.append(role)
         return run_side(role, side_spec, work)
 
     base = side("train-baseline", spec)
