@@ -2,72 +2,25 @@
 
 Readers only parse. They report what cannot be parsed (bad JSON, bad UTF-8, missing fields,
 unknown tags) as Rejections naming file:line and field, and leave span checks against the text
-to `clean.py`, so every format gets the same checks.
+to `clean.py`, so every format gets the same checks. Lines come from `lines.py` (decompression,
+one decode per line); the tag-per-line CoNLL reader lives in `conll.py`; Label Studio's and
+doccano's own rules (offsets, which annotation counts) in `annotation_formats.py`.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
-import lzma
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Union
+from typing import Callable, Iterator, Union
 
 from nerft.data.annotation_formats import LS_TEXT_NAME, codepoint_offset
+from nerft.data.conll import read_conll, split_tag_line
 from nerft.data.example import Example, Rejection, Span
-from nerft.errors import NerftError
+from nerft.data.lines import DataError, TaggedLine, example_id, iter_lines, open_bytes, read_bytes
 
 FORMATS = ("ccfbdci", "cluener", "conll", "canonical", "label-studio", "doccano")
 
 Row = Union[Example, Rejection]
-
-
-class DataError(NerftError):
-    """A problem with a whole input (unreadable, unknown format): always fatal."""
-
-
-@dataclass
-class TaggedLine:
-    lineno: int
-    text: str | None  # None when the bytes are not UTF-8
-    error: str = ""
-
-
-# Compressed inputs are read as they are; archives of several files must be unpacked.
-_COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
-_ARCHIVES = ((b"PK\x03\x04", "a zip archive"), (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
-             (b"Rar!", "a rar archive"))
-
-
-def open_bytes(path: Path) -> BinaryIO:
-    """The file's bytes, decompressed when it is gzip/bz2/xz (told by content, not name)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    for magic, what in _ARCHIVES:
-        if head.startswith(magic):
-            raise DataError(f"{path}: {what}; unpack it and pass the corpus files inside")
-    for magic, opener in _COMPRESSED:
-        if head.startswith(magic):
-            return opener(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
-
-
-def iter_lines(path: Path) -> Iterator[TaggedLine]:
-    """Lines decoded one by one, so one bad byte costs one line, not the file."""
-    with open_bytes(path) as f:
-        try:
-            for lineno, raw in enumerate(f, 1):
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first row
-                try:
-                    yield TaggedLine(lineno, raw.decode("utf-8").rstrip("\r\n"))
-                except UnicodeDecodeError as e:
-                    yield TaggedLine(lineno, None, f"invalid UTF-8 at byte {e.start}")
-        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:  # a truncated or corrupt .gz
-            raise DataError(f"{path}: cannot read: {e}") from None
 
 
 def detect_format(path: Path) -> str:
@@ -104,7 +57,7 @@ def detect_format(path: Path) -> str:
                     "pass annotated files only"
                 )
             continue
-        if _split_tag_line(line) is not None:
+        if split_tag_line(line) is not None:
             return "conll"
     raise DataError(
         f"{path}: cannot tell the format from its first lines; pass --format "
@@ -122,16 +75,7 @@ def _first_lines(path: Path, n: int) -> Iterator[TaggedLine]:
 
 def _starts_json_list(path: Path) -> bool:
     """Whether the file's first non-blank character opens a JSON list (a whole-file export)."""
-    return _read_bytes(path, 4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
-
-
-def _read_bytes(path: Path, size: int = -1) -> bytes:
-    """The first `size` bytes (all: -1), decompressed; a truncated or corrupt .gz is fatal."""
-    try:
-        with open_bytes(path) as f:
-            return f.read(size)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
+    return read_bytes(path, 4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
 
 
 def _detect_json_list(path: Path) -> str:
@@ -145,7 +89,7 @@ def _detect_json_list(path: Path) -> str:
 
 def load_json_list(path: Path) -> list:
     """A whole-file JSON list (a Label Studio export); unreadable JSON is fatal, with its line."""
-    raw = _read_bytes(path)
+    raw = read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -221,10 +165,6 @@ def _field(obj: dict, key: str, kind: type | tuple, where: str = ""):
     return value
 
 
-def _example_id(file: str, lineno: int) -> str:
-    return f"{Path(file).stem}:{lineno}"
-
-
 def _parse_ccfbdci(row: dict, file: str, lineno: int) -> Example:
     text = _field(row, "text", str)
     spans = []
@@ -235,7 +175,7 @@ def _parse_ccfbdci(row: dict, file: str, lineno: int) -> Example:
         spans.append(Span(_field(ent, "start_idx", int, where), _field(ent, "end_idx", int, where),
                           _field(ent, "entity_label", str, where),
                           _field(ent, "entity_text", str, where)))
-    return Example(_example_id(file, lineno), text, spans, f"{file}:{lineno}")
+    return Example(example_id(file, lineno), text, spans, f"{file}:{lineno}")
 
 
 def _parse_cluener(row: dict, file: str, lineno: int) -> Example:
@@ -255,7 +195,7 @@ def _parse_cluener(row: dict, file: str, lineno: int) -> Example:
                 # CLUENER ends are inclusive; ours are exclusive.
                 spans.append(Span(pair[0], pair[1] + 1, label, mention))
     spans.sort()
-    return Example(_example_id(file, lineno), text, spans, f"{file}:{lineno}")
+    return Example(example_id(file, lineno), text, spans, f"{file}:{lineno}")
 
 
 def _parse_canonical(row: dict, file: str, lineno: int) -> Example:
@@ -271,7 +211,7 @@ def _parse_canonical(row: dict, file: str, lineno: int) -> Example:
         if not isinstance(claimed, str):
             raise _FieldError("bad_type", f"field {where}'text' should be str")
         spans.append(Span(start, end, label, claimed))
-    ex_id = row.get("id", _example_id(file, lineno))
+    ex_id = row.get("id", example_id(file, lineno))
     return Example(str(ex_id), text, spans, f"{file}:{lineno}")
 
 
@@ -307,7 +247,7 @@ def _parse_doccano(row: dict, file: str, lineno: int) -> Example:
         start, end = bounds
         spans.append(Span(start, end, _field(item, "label", str, where),
                           text[start:end] if 0 <= start < end <= len(text) else ""))
-    return Example(_example_id(file, lineno), text, spans, f"{file}:{lineno}")
+    return Example(example_id(file, lineno), text, spans, f"{file}:{lineno}")
 
 
 # Result types that carry no entity of a `labels` task; any other type is reported as ignored.
@@ -390,115 +330,7 @@ def _label_studio_task(task, file: str, number: int) -> list[Row]:
                                f"{ident}: results of type {', '.join(sorted(ignored))} are not "
                                "entity spans; ignored", action="repaired"))
     spans.sort()
-    return [*notes, Example(_example_id(file, number), text, spans, f"{file}:{number}")]
-
-
-# --- character-per-line CoNLL -----------------------------------------------------------------
-
-_PREFIXES = {"B": "begin", "I": "inside", "M": "inside", "E": "end", "S": "single"}
-
-
-def _split_tag_line(line: str) -> tuple[str, str] | None:
-    """`char<TAB>tag` or `char<space>tag`; the character itself may be a space.
-
-    Whitespace around the tag and between the two columns (`char<space><TAB>tag`, a trailing
-    space) is layout, not text; a token that is nothing but whitespace is a space character.
-    """
-    line = line.rstrip()
-    sep = "\t" if "\t" in line else " "
-    if sep not in line:
-        return None
-    token, tag = line.rsplit(sep, 1)
-    tag = tag.strip()
-    token = token.strip(" \t") or token[:1]
-    if token == "" or not tag or " " in tag:
-        return None
-    if tag != "O" and (len(tag) < 3 or tag[0] not in _PREFIXES or tag[1] not in "-_"):
-        return None
-    return token, tag
-
-
-def read_conll(path: Path) -> Iterator[Row]:
-    """Sentences of `char tag` lines separated by blank lines; BIO, IOB, BIOES and BMES tags.
-
-    Broken sequences (an I- with no B- before it, a label change inside an entity) are repaired
-    the way conlleval reads them: the odd tag starts a new entity. The repair is reported.
-    """
-    name = str(path)
-    chars: list[str] = []
-    tags: list[tuple[int, str]] = []
-    first_line = 0
-    error: Rejection | None = None
-    for tl in iter_lines(path):
-        if tl.text is not None and tl.text.strip() == "":
-            if chars or error:
-                yield from _conll_sentence(name, first_line, chars, tags, error)
-            chars, tags, error = [], [], None
-            continue
-        if not chars and error is None:
-            first_line = tl.lineno
-        if error is not None:
-            continue  # the sentence is already lost; skip to its end
-        if tl.text is None:
-            error = Rejection(name, first_line, "invalid_utf8", f"line {tl.lineno}: {tl.error}")
-            continue
-        parsed = _split_tag_line(tl.text)
-        if parsed is None:
-            reason = "unknown_tag" if (" " in tl.text or "\t" in tl.text) else "malformed_line"
-            error = Rejection(name, first_line, reason,
-                              f"line {tl.lineno}: expected 'char TAG' with TAG O or B-/I-/E-/S-/M-X, "
-                              f"got {tl.text[:40]!r}")
-            continue
-        chars.append(parsed[0])
-        tags.append((tl.lineno, parsed[1]))
-    if chars or error:
-        yield from _conll_sentence(name, first_line, chars, tags, error)
-
-
-def _conll_sentence(file, first_line, chars, tags, error) -> Iterator[Row]:
-    if error is not None:
-        yield error
-        return
-    text = "".join(chars)
-    spans, repairs = tags_to_spans(text, chars, tags)
-    ex = Example(_example_id(file, first_line), text, spans, f"{file}:{first_line}")
-    for detail in repairs:
-        yield Rejection(file, first_line, "broken_tags", detail, action="repaired")
-    yield ex
-
-
-def tags_to_spans(text: str, chars: list[str], tags: list[tuple[int, str]]):
-    """Decode per-token tags into character spans; returns (spans, repair notes)."""
-    offsets, pos = [], 0
-    for c in chars:
-        offsets.append(pos)
-        pos += len(c)
-    spans, repairs = [], []
-    open_label, open_start = None, 0
-
-    def close(end_tok: int):
-        nonlocal open_label
-        if open_label is not None:
-            s, e = offsets[open_start], offsets[end_tok - 1] + len(chars[end_tok - 1])
-            spans.append(Span(s, e, open_label, text[s:e]))
-        open_label = None
-
-    for i, (lineno, tag) in enumerate(tags):
-        if tag == "O":
-            close(i)
-            continue
-        kind, label = _PREFIXES[tag[0]], tag[2:]
-        continues = open_label == label and kind in ("inside", "end")
-        if kind in ("inside", "end") and not continues:
-            repairs.append(f"line {lineno}: {tag} does not continue an open {label} entity; "
-                           "started a new one")
-        if not continues:
-            close(i)
-            open_label, open_start = label, i
-        if kind in ("end", "single"):
-            close(i + 1)
-    close(len(tags))
-    return spans, repairs
+    return [*notes, Example(example_id(file, number), text, spans, f"{file}:{number}")]
 
 
 READERS: dict[str, Callable[[Path], Iterator[Row]]] = {

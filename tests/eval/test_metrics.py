@@ -6,7 +6,7 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from seqeval.scheme import IOB2
 
 from nerft.data.example import Example, Span
-from nerft.data.readers import read_conll
+from nerft.data.conll import read_conll
 from nerft.eval import EvalResult, evaluate
 from nerft.eval.metrics import answer_rates, score_corpus
 from nerft.task.prompt import NO_ENTITY, parse_answer
