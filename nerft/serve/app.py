@@ -239,6 +239,7 @@ def serve_runs(runs: Sequence[ServedRun], settings: ServeSettings, *,
                shutdown: Callable[[], object] | None = None) -> FastAPI:
     """The service app of one or more runs (the first is the default): the decode seam of every
     backend. `alive()` says whether an async engine still runs; `shutdown()` stops it."""
+    from nerft.serve.label_studio_api import add_label_studio_routes
     from nerft.serve.openai_api import add_chat_routes
 
     service = Service(runs, settings, engine_alive=alive)
@@ -366,4 +367,5 @@ def serve_runs(runs: Sequence[ServedRun], settings: ServeSettings, *,
         return HTMLResponse(resources.files("nerft.serve").joinpath("page.html").read_text(encoding="utf-8"))
 
     add_chat_routes(app, service)
+    add_label_studio_routes(app, service)
     return app
