@@ -151,7 +151,8 @@ def _train_learned_run(root: Path, shared_data: Path) -> None:
         "method": {"kind": "full"},
         "training": {"output_dir": str(root / "run"), "max_steps": 150, "batch_size": 10,
                      "grad_accum": 1, "lr": 5e-3, "warmup_ratio": 0.05, "save_steps": 1000},
-        # at_start off: a random model's step-0 answers run to their budgets, and no test reads them
+        # at_start off: a random model's step-0 answers run to their budgets (about a minute);
+        # test_compare.py scores the untrained base on these rows instead
         "eval": {"eval_steps": 150, "val_size": 30, "batch_size": 30, "at_start": False},
         "tracking": {"swanlab": "off"},
     })

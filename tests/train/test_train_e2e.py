@@ -16,7 +16,9 @@ def test_tiny_model_memorises_its_training_entities(learned_run):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert losses[-1] < 0.1 * losses[0]
-    assert summary["initial_f1"] < 0.1  # constrained decoding lets a random model hit a few
+    # The fixture skips the step-0 score (it costs a minute); the untrained base is scored on
+    # these rows in tests/eval/test_compare.py, far below the run.
+    assert summary["initial_f1"] is None
     assert summary["best_f1"] >= 0.9 and summary["best_step"] == 150
     # Per label at the best step: every gold mention counted once, each label scored.
     per_label = summary["best_per_label"]
