@@ -41,7 +41,7 @@ def compare(
       nerft compare runs/v1 runs/v2 --data data/ccfbdci --data data/feedback --max-drop 0.5
     """
     from nerft.eval.compare import compare_predictions, gate, predict_data_sets, write_report
-    from nerft.eval.workflow import load_split, model_name
+    from nerft.eval.workflow import distinct_model_names, load_split
 
     names = [str(d) for d in data]
     if len(set(names)) != len(names):
@@ -50,9 +50,7 @@ def compare(
     loaded = [load_split(d, split, limit) for d in data]
     data_sets = [(d.name if d.is_dir() else d.stem, examples) for d, (examples, _) in zip(data, loaded)]
     labels = next((lb for _, lb in loaded if lb), None)  # for a model that is not a run
-    name_a, name_b = model_name(run_a), model_name(run_b)
-    if name_a == name_b:
-        name_a, name_b = f"A ({name_a})", f"B ({name_b})"
+    name_a, name_b = distinct_model_names(run_a, run_b)
     preds = []
     for ref in (run_a, run_b):
         err.print(f"decoding {sum(len(x) for _, x in data_sets):,} sentences with {ref}", highlight=False)

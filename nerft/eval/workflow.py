@@ -91,5 +91,21 @@ def model_name(ref: str) -> str:
     return path.name if path.exists() else ref
 
 
+def distinct_model_names(ref_a: str, ref_b: str) -> tuple[str, str]:
+    """Names for two models side by side: their folder names, with as many parent folders as it
+    takes to tell two different folders of the same name apart (`g-off/runs/cluener-640` against
+    `g-on/runs/cluener-640`); the same model twice is "A (name)" and "B (name)"."""
+    a, b = model_name(ref_a), model_name(ref_b)
+    if a != b:
+        return a, b
+    parts_a, parts_b = Path(ref_a).resolve().parts, Path(ref_b).resolve().parts
+    if Path(ref_a).exists() and Path(ref_b).exists() and parts_a != parts_b:
+        for k in range(2, max(len(parts_a), len(parts_b)) + 1):
+            tail_a, tail_b = "/".join(parts_a[-k:]), "/".join(parts_b[-k:])
+            if tail_a != tail_b:
+                return tail_a, tail_b
+    return f"A ({a})", f"B ({b})"
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -85,6 +85,16 @@ def test_compare_a_run_with_itself_passes_with_zero_in_the_interval(cli, learned
         assert ds["delta"] == 0 and ds["ci_low"] <= 0 <= ds["ci_high"]
 
 
+def test_two_runs_of_one_name_are_told_apart_by_their_folders(tmp_path):
+    from nerft.eval.workflow import distinct_model_names
+
+    off, on = tmp_path / "g-off" / "runs" / "cluener-640", tmp_path / "g-on" / "runs" / "cluener-640"
+    off.mkdir(parents=True), on.mkdir(parents=True)
+    assert distinct_model_names(str(off), str(on)) == ("g-off/runs/cluener-640", "g-on/runs/cluener-640")
+    assert distinct_model_names(str(off), str(off)) == ("A (cluener-640)", "B (cluener-640)")
+    assert distinct_model_names(str(off), "demo") == ("cluener-640", "demo")
+
+
 def test_compare_rejects_missing_data(tmp_path):
     from nerft.cli import app  # the real command, with its one error handler
 
