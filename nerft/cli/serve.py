@@ -60,7 +60,8 @@ def serve(
                                           "request may wait for its answers (504 beyond; its "
                                           "work is cancelled)."),
 ):
-    """Serve a model: POST /v1/ner, POST /v1/chat/completions, GET / (web page), /metrics, /docs.
+    """Serve a model: POST /v1/ner, POST /v1/chat/completions, GET / (web page), /metrics, /docs,
+    /label-studio (Label Studio ML backend).
 
     \b
     Examples:
