@@ -206,21 +206,7 @@ def _train_tagger_run(root: Path, shared_data: Path) -> None:
 def tagger_lora_run(tmp_path_factory, tagger_run, tiny_model_dir):
     """A few LoRA steps with method.head tagger on `tagger_run`'s rows (not enough to learn;
     enough to move the head): its adapter carries the head (PEFT modules_to_save)."""
-    from rich.console import Console
-
-    from nerft.config import Config
-    from nerft.train.workflow import train
+    from tiny import lora_tagger_steps
 
     _, data = tagger_run
-    out = tmp_path_factory.mktemp("tagger-lora") / "run"
-    train(Config.model_validate({
-        "data": {"dir": str(data)},
-        "model": {"source": str(tiny_model_dir), "dtype": "float32"},
-        "method": {"kind": "lora", "head": "tagger", "lora_r": 4, "lora_alpha": 8,
-                   "target_modules": ["q_proj", "v_proj"]},
-        "training": {"output_dir": str(out), "max_steps": 4, "batch_size": 8, "grad_accum": 1,
-                     "lr": 1e-2, "save_steps": 100},
-        "eval": {"eval_steps": 4, "at_start": False, "val_size": 8, "batch_size": 8},
-        "tracking": {"swanlab": "off"},
-    }), console=Console(stderr=True, quiet=True))
-    return out
+    return lora_tagger_steps(data, tiny_model_dir, tmp_path_factory.mktemp("tagger-lora") / "run")

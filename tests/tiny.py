@@ -164,3 +164,24 @@ def save_random_lora(model_dir: Path, out: Path) -> None:
                 if "lora_B" in name:
                     p.normal_(0, 0.02)
     lora.save_pretrained(out)
+
+
+def lora_tagger_steps(data: Path, base: Path, out: Path, head: str = "tagger") -> Path:
+    """A few LoRA steps of a tagging head on `base` over the prepared rows in `data` (not enough
+    to learn; enough to move the head): the run folder, whose adapter carries the head."""
+    from rich.console import Console
+
+    from nerft.config import Config
+    from nerft.train.workflow import train
+
+    train(Config.model_validate({
+        "data": {"dir": str(data)},
+        "model": {"source": str(base), "dtype": "float32"},
+        "method": {"kind": "lora", "head": head, "lora_r": 4, "lora_alpha": 8,
+                   "target_modules": ["q_proj", "v_proj"]},
+        "training": {"output_dir": str(out), "max_steps": 4, "batch_size": 8, "grad_accum": 1,
+                     "lr": 1e-2, "save_steps": 100},
+        "eval": {"eval_steps": 4, "at_start": False, "val_size": 8, "batch_size": 8},
+        "tracking": {"swanlab": "off"},
+    }), console=Console(stderr=True, quiet=True))
+    return out

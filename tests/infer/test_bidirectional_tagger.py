@@ -6,32 +6,21 @@ import json
 
 import pytest
 import torch
-from rich.console import Console
 
-from nerft.config import Config
 from nerft.infer.predict import decoder_for
 from nerft.models.base import load_model_and_tokenizer
 from nerft.models.loader import load_model
-from nerft.train.workflow import train
 
 SENTENCE, CHANGED = "张三在北京大学读书。", "张三在北京大学读书！"  # only the last character differs
 
 
 @pytest.fixture(scope="module")
 def bidirectional_run(tmp_path_factory, tagger_run, tiny_model_dir):
+    from tiny import lora_tagger_steps
+
     _, data = tagger_run
-    out = tmp_path_factory.mktemp("bi-tagger") / "run"
-    train(Config.model_validate({
-        "data": {"dir": str(data)},
-        "model": {"source": str(tiny_model_dir), "dtype": "float32"},
-        "method": {"kind": "lora", "head": "tagger-bidirectional", "lora_r": 4, "lora_alpha": 8,
-                   "target_modules": ["q_proj", "v_proj"]},
-        "training": {"output_dir": str(out), "max_steps": 4, "batch_size": 8, "grad_accum": 1,
-                     "lr": 1e-2, "save_steps": 100},
-        "eval": {"eval_steps": 4, "at_start": False, "val_size": 8, "batch_size": 8},
-        "tracking": {"swanlab": "off"},
-    }), console=Console(stderr=True, quiet=True))
-    return out
+    return lora_tagger_steps(data, tiny_model_dir, tmp_path_factory.mktemp("bi-tagger") / "run",
+                             head="tagger-bidirectional")
 
 
 def _first_tokens_tags(ref: str) -> list[torch.Tensor]:
