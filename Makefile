@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Two worker processes, whole files each (so a file's servers and fixtures start once): the
-# suite waits on subprocesses (servers, trainers, Chromium) as much as it computes.
+# suite waits on subprocesses (servers, trainers, Chromium) as much as it computes. The slowest
+# 30 are listed at the end: the whole suite should stay within ~15 minutes on 2 cores.
 test: setup
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 # One demo everywhere: the MSRA slice and recipe (nerft/recipes/demo-cpu.yaml) that `nerft demo` fetches
 # and uses by itself, whatever corpora this machine has. Extra options go through DEMO_ARGS,
