@@ -39,10 +39,11 @@ LEVERS: dict[str, list[str]] = {
     "dropout-0": ["method.lora_dropout=0"],
     "packing-flat": ["training.packing=flat"],
     "prefix-kv": ["training.packing=prefix_kv"],
+    "per-example": ["training.packed_attention=per_example"],
     "compact": ["data.answer_format=compact"],
 }
 FULL_LEVERS = ["default", "dropout-0", "top-16", "top-12", "top-8", "packing-flat", "prefix-kv",
-               "compact", "combined"]
+               "per-example", "compact", "combined"]
 # --quick: a tiny random model with 4 blocks (each block costs the baseline's checkpointed,
 # one-token-at-a-time decoding dearly), so its top-k lever is top-2
 QUICK_TINY_LAYERS = 4

@@ -37,8 +37,9 @@ def _rows(n: int, skip: int = 0):
 
 
 def nerft_step(source: str, n: int, lora_dropout: float, packing: str = "shared_prefix",
-               top_k_layers: int | None = None):
+               top_k_layers: int | None = None, packed_attention: str = "grid"):
     from nerft.config import MethodConfig
+    from nerft.models import packed_attention as per_example
     from nerft.models.base import load_model_and_tokenizer
     from nerft.task.prompt import Task
     from nerft.train.collate import PackedCollator, answer_only_loss
@@ -47,12 +48,15 @@ def nerft_step(source: str, n: int, lora_dropout: float, packing: str = "shared_
 
     labels, rows, _ = _rows(n)
     model, tokenizer = load_model_and_tokenizer(source)
-    model.set_attn_implementation("sdpa")
+    segments = packing == "shared_prefix" and packed_attention == "per_example"
+    if segments:  # as training sets it (nerft.train.method.training_attention)
+        per_example.register()
+    model.set_attn_implementation(per_example.PER_EXAMPLE_SDPA if segments else "sdpa")
     model.config.use_cache = False
     model, _ = apply_method(model, MethodConfig(lora_dropout=lora_dropout, top_k_layers=top_k_layers))
     model.train()
     enc, _ = encode_examples(tokenizer, Task(tuple(labels)), rows, 384)
-    collator = PackedCollator(packing, pad_id=tokenizer.pad_token_id or 0)
+    collator = PackedCollator(packing, pad_id=tokenizer.pad_token_id or 0, segments=segments)
     return model, lambda: [collator(enc)], lambda m, b: answer_only_loss(m, b)[0]
 
 
@@ -85,13 +89,17 @@ def main(argv=None):
                    help="nerft side: the micro-batch layout (training.packing)")
     p.add_argument("--top-k-layers", type=int, default=None,
                    help="nerft side: LoRA on the top K blocks only (method.top_k_layers)")
+    p.add_argument("--packed-attention", default="grid", choices=["grid", "per_example"],
+                   help="nerft side, shared_prefix: attention over the whole row with its mask, "
+                        "or one example at a time (training.packed_attention)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (inductor, dynamic shapes: training's packed "
                         "rows change length every step) and time one warm-up step apart")
     args = p.parse_args(argv)
     source, folder = model_folder(args.model)
     model, collate, loss_fn = (nerft_step(source, args.rows, args.lora_dropout, args.packing,
-                                          args.top_k_layers) if args.side == "nerft"
+                                          args.top_k_layers, args.packed_attention)
+                               if args.side == "nerft"
                                else baseline_step(folder, args.rows))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     if args.compile:

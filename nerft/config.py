@@ -141,6 +141,10 @@ class TrainingConfig(_Section):
         "shared_prefix", description="shared_prefix: one system prompt per micro-batch row; "
         "flat: examples back to back; none: padded rows grouped by length; prefix_kv: the "
         "system prompt run once, its keys/values shared by a padded batch of the examples")
+    packed_attention: Literal["grid", "per_example"] = Field(
+        "grid", description="shared_prefix packing with sdpa: grid runs attention over the whole "
+        "row with a mask; per_example runs the prefix, then each example against the prefix "
+        "and itself (the same result, about a tenth of the attention scores)")
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
@@ -207,6 +211,10 @@ class Config(_Section):
             raise ValueError("model.attn_implementation flash_attention_2 cannot use "
                              f"training.packing {packing} (it needs a 4D mask); "
                              "set training.packing=flat")
+        if (packing == "shared_prefix" and self.training.packed_attention == "per_example"
+                and self.model.attn_implementation != "sdpa"):
+            raise ValueError("training.packed_attention per_example runs on SDPA; set "
+                             "model.attn_implementation=sdpa or training.packed_attention=grid")
         # Gradient checkpointing makes transformers drop the cache during training, and the
         # examples would silently lose the prefix's keys/values.
         if packing == "prefix_kv" and self.training.gradient_checkpointing:

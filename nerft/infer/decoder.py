@@ -25,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from nerft.models.packed_attention import PER_EXAMPLE_SDPA
 from nerft.task.chat import end_of_turn_id, stop_token_ids
 from nerft.task.prompt import Task
 
@@ -92,7 +93,8 @@ class Decoder:
         the decoder's own calls can ask for grouped heads (see the module docstring); the
         model's own attention implementation is back when the block ends."""
         before = self.lm.config._attn_implementation
-        if self.device.type != "cpu" or before not in ("sdpa", GROUPED_SDPA):
+        # training's per-example SDPA decodes as plain SDPA (nerft.models.packed_attention)
+        if self.device.type != "cpu" or before not in ("sdpa", GROUPED_SDPA, PER_EXAMPLE_SDPA):
             yield
             return
         _register_grouped_sdpa()

@@ -42,6 +42,9 @@ class PackedCollator:
     layout: str = "shared_prefix"
     pad_id: int = 0
     mask_dtype: torch.dtype = torch.float32
+    # shared_prefix: also say where the prefix and each example lie in the row, for attention
+    # that computes each example apart (nerft.models.packed_attention) instead of the full grid
+    segments: bool = False
 
     def __call__(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
         if self.layout == "shared_prefix":
@@ -80,12 +83,15 @@ class PackedCollator:
         allowed &= causal
         mask = torch.zeros(n, n, dtype=self.mask_dtype)
         mask.masked_fill_(~allowed, torch.finfo(self.mask_dtype).min)
-        return {
+        row = {
             "input_ids": torch.tensor([ids]),
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
             "attention_mask": mask[None, None],
         }
+        if self.segments:
+            row["packed_segments"] = torch.tensor([(0, p), *segments])
+        return row
 
     def _prefix_kv(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
         p = self._prefix_length(batch)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nerft.config import ADAPTER_KINDS, MethodConfig, is_tagger
+from nerft.config import ADAPTER_KINDS, Config, MethodConfig, is_tagger
+from nerft.models import packed_attention
 
 
 @dataclass
@@ -72,3 +73,18 @@ def _in_layers(name: str, layers: set[int]) -> bool:
         if part == "layers" and parts[i + 1].isdigit():
             return int(parts[i + 1]) in layers
     return False
+
+
+def per_example_attention(config: Config) -> bool:
+    """Whether training computes attention one packed example at a time (shared_prefix rows)."""
+    return (config.training.packing == "shared_prefix" and not is_tagger(config.method.head)
+            and config.training.packed_attention == "per_example")
+
+
+def training_attention(config: Config) -> str:
+    """The attention implementation training runs with: the config's, or (per_example) SDPA
+    one example at a time under nerft's name (nerft.models.packed_attention)."""
+    if not per_example_attention(config):
+        return config.model.attn_implementation
+    packed_attention.register()
+    return packed_attention.PER_EXAMPLE_SDPA

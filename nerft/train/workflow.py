@@ -21,7 +21,7 @@ from nerft.train import continual
 from nerft.train.callbacks import MetricsFile, RichProgress, SwanLabTracker
 from nerft.train.collate import PackedCollator, answer_only_loss
 from nerft.train.encode import encode_examples
-from nerft.train.method import apply_method
+from nerft.train.method import apply_method, per_example_attention, training_attention
 from nerft.train.tagger import NOT_USED, encode_tagged, tagging_loss
 from nerft.task.bio import tag_names
 from nerft.runs.run_dir import RunDir, RunDirError, init_run_dir
@@ -286,7 +286,7 @@ def _load_model(config: Config, lineage: continual.Lineage | None, task: Task):
 
 def _setup_method(config: Config, model, lineage: continual.Lineage | None, console: Console):
     """The model made trainable as method.kind says (or from the parent's weights)."""
-    model.set_attn_implementation(config.model.attn_implementation)
+    model.set_attn_implementation(training_attention(config))
     model.config.use_cache = False  # training never reuses a cache; generation passes its own
     model, report = (continual.continue_model(lineage, model, config) if lineage
                      else apply_method(model, config.method))
@@ -350,7 +350,8 @@ def _setup_trainer(config: Config, run: RunDir, model, tokenizer, task: Task, en
     mask_dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
     tagger = is_tagger(config.method.head)
     collator = PackedCollator("none" if tagger else config.training.packing,
-                              pad_id=tokenizer.pad_token_id or 0, mask_dtype=mask_dtype)
+                              pad_id=tokenizer.pad_token_id or 0, mask_dtype=mask_dtype,
+                              segments=per_example_attention(config))
     validation = Validation(task, tokenizer, val_subset, batch_size=config.eval.batch_size,
                             log_predictions=config.eval.log_predictions,
                             constrained=config.eval.constrained)

@@ -27,6 +27,14 @@ def test_prefix_kv_is_refused_where_it_would_lose_the_prefix(tmp_path, prepared)
         load_config(cfg, ["training.packing=prefix_kv", "model.attn_implementation=flash_attention_2"])
 
 
+def test_per_example_attention_needs_sdpa(tmp_path, prepared):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {{dir: {prepared}}}\nmodel: {{source: demo}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="training.packed_attention=grid"):
+        load_config(cfg, ["training.packed_attention=per_example", "model.attn_implementation=eager"])
+    assert load_config(cfg, ["training.packed_attention=per_example"]).training.packed_attention == "per_example"
+
+
 def test_prefix_kv_is_refused_with_several_processes(tmp_path, prepared, monkeypatch):
     from nerft.train import ranks, workflow
     from nerft.train.workflow import TrainError

@@ -146,3 +146,42 @@ def test_prefix_kv_loss_and_gradients_equal_one_by_one(model_and_batch):
     torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                       batch["labels"][:, 1:].reshape(-1), reduction="sum").backward()
     assert float((weight.grad - separate).norm() / separate.norm()) > 1e-3
+
+
+def test_per_example_attention_equals_one_by_one(model_and_batch):
+    """training.packed_attention=per_example: the shared-prefix row's attention computed per
+    example (nerft.models.packed_attention) gives the loss and gradients of running each
+    example alone, and a key/value weight's gradient too (the prefix reaches examples only
+    through its keys/values)."""
+    from nerft.models.packed_attention import PER_EXAMPLE_SDPA, register
+
+    model, encoded = model_and_batch
+    batch = PackedCollator("shared_prefix", segments=True)(encoded)
+    segments = batch["packed_segments"].tolist()
+    assert segments[0][0] == 0 and segments[-1][1] == batch["input_ids"].shape[1]
+    assert len(segments) == len(encoded) + 1
+    weight = model.model.layers[0].self_attn.v_proj.weight
+
+    def grad_of(b):
+        model.zero_grad()
+        loss, _ = answer_only_loss(model, b, num_items=1)
+        loss.backward()
+        return float(loss.detach()), weight.grad.clone()
+
+    register()
+    model.set_attn_implementation(PER_EXAMPLE_SDPA)
+    try:
+        loss, packed = grad_of(batch)
+        with torch.no_grad():  # without the segments the same name is plain SDPA with the mask
+            unsegmented, _ = answer_only_loss(model, PackedCollator("shared_prefix")(encoded), num_items=1)
+        # a segment table that does not tile the row is refused, never read as another layout
+        wrong = {**batch, "packed_segments": batch["packed_segments"][:-1]}
+        with pytest.raises(ValueError, match="cover"):
+            answer_only_loss(model, wrong)
+    finally:
+        model.set_attn_implementation("sdpa")
+    separate = [grad_of(PackedCollator("none")([e])) for e in encoded]
+    assert abs(loss - sum(l for l, _ in separate)) < 1e-3 * abs(loss)
+    assert abs(float(unsegmented) - loss) < 1e-3 * abs(loss)
+    reference = sum(g for _, g in separate)
+    assert float((packed - reference).norm() / reference.norm()) < 5e-5
