@@ -5,8 +5,8 @@ of the micro-batch into one row; a 4D mask lets every example see the prefix and
 given that mask computes the whole row x row grid (1,404² scores for 16 ccfbdci examples), of
 which about a tenth is allowed. Given the row's segments (`packed_segments`: the prefix's
 [0, p) and then each example's [start, end), covering the row), this attention computes the
-prefix causally and then each example against the prefix's keys and its own: the same output,
-with p²/2 + sum(L·(p + L)) scores instead of n².
+prefix causally and then the examples, gathered into one batch padded to the longest (L), against
+the prefix's keys and their own: the same output, with p² + E·L·(p + L) scores instead of n².
 
 It runs under its own name in transformers' attention registry; a call without
 `packed_segments` (validation decoding, a padded batch) is plain SDPA, with SDPA's own masks.
