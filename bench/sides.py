@@ -229,7 +229,10 @@ def nerft_config(spec: dict, max_steps: int, steps_at_samples: int):
         # Both sides train on the same rows in the same order: no entity-free row is sampled
         # away (data.max_empty_share would shrink the pool and so change the shuffle), and the
         # length limit drops no row the baseline keeps (it truncates at 384 tokens).
-        "data": {"dir": str(work / "data"), "max_length": 1024, "max_empty_share": None},
+        # No label guidelines: the worked example's instruction has none, so both sides'
+        # prompts hold the same words (presets would add ~124 tokens to nerft's).
+        "data": {"dir": str(work / "data"), "max_length": 1024, "max_empty_share": None,
+                 "guidelines": "off"},
         "model": {"source": spec["model_source"], "dtype": "auto"},
         "method": {"kind": "lora", "lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.1},
         "training": {"output_dir": str(work / spec.get("nerft_run_dir", "nerft-run")),
