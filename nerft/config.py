@@ -29,10 +29,11 @@ AnswerFormatName = Literal["json", "compact"]
 ANSWER_FORMATS: tuple[str, ...] = get_args(AnswerFormatName)
 
 # Where a run's label guidelines come from (nerft.data.prepared.PreparedData.task_guidelines).
-GuidelineSource = Literal["prepared", "preset", "off"]
+GuidelineSource = Literal["auto", "prepared", "preset", "off"]
 assert get_args(GuidelineSource) == GUIDELINE_SOURCES
-# Presets stay opt-in (`preset`) until measured to help: BENCHMARKS.md "Task guidelines".
-DEFAULT_GUIDELINES = "prepared"
+# auto: the presets of the corpus formats measured to gain from them, and the prepared ones
+# (nerft.data.labels.PRESETS_ON_BY_DEFAULT; BENCHMARKS.md "Task guidelines").
+DEFAULT_GUIDELINES = "auto"
 
 
 class DataConfig(_Section):
@@ -53,8 +54,9 @@ class DataConfig(_Section):
     guidelines: Union[GuidelineSource, dict, Path] = Field(
         DEFAULT_GUIDELINES, description="label definitions and examples written into the "
         "instruction: prepared (those of `nerft data prepare --labels FILE`), preset (those "
-        "laid over the shipped corpora's preset ones), off, or a labels.yaml file or inline "
-        "mapping {label: {description, examples, not}} laid over the prepared ones")
+        "laid over the shipped corpora's preset ones), auto (preset for the corpora measured "
+        "to gain from them, ccfbdci; prepared otherwise), off, or a labels.yaml file or "
+        "inline mapping {label: {description, examples, not}} laid over the prepared ones")
 
     @field_validator("guidelines", mode="before")
     @classmethod

@@ -23,7 +23,8 @@ from pathlib import Path
 from nerft import atomic
 from nerft.cache import sha256_file
 from nerft.data.example import Example, read_examples, write_jsonl
-from nerft.data.labels import Guideline, parse_guidelines, preset_guidelines, read_guidelines
+from nerft.data.labels import (PRESETS_ON_BY_DEFAULT, Guideline, parse_guidelines, preset_guidelines,
+                               read_guidelines)
 from nerft.data.readers import DataError
 from nerft.data.split import SPLITS
 
@@ -31,7 +32,7 @@ STATS_FILE = "stats.json"
 REJECTED_FILE = "rejected.jsonl"
 _SPLIT_SUFFIX = ".jsonl"
 # data.guidelines' named settings (`task_guidelines`); a file or mapping is the other kind.
-GUIDELINE_SOURCES = ("prepared", "preset", "off")
+GUIDELINE_SOURCES = ("auto", "prepared", "preset", "off")
 
 
 def split_file_name(split: str) -> str:
@@ -119,13 +120,16 @@ class PreparedData:
     def task_guidelines(self, setting, labels) -> dict[str, Guideline]:
         """The guidelines a run on this data writes into its instruction, as data.guidelines
         says: `off` none; `prepared` those recorded here; `preset` those laid over the preset
-        ones of its corpus labels; a file (Path) or mapping laid over those recorded here."""
+        ones of its corpus labels; `auto` the same, with the presets of the corpus formats
+        measured to gain from them only (PRESETS_ON_BY_DEFAULT); a file (Path) or mapping laid
+        over those recorded here."""
         labels = tuple(labels)
         if setting == "off":
             return {}
         found = {}
-        if setting == "preset":
-            found.update(preset_guidelines(self.stats.get("label_map") or [], labels))
+        if setting in ("preset", "auto"):
+            found.update(preset_guidelines(self.stats.get("label_map") or [], labels,
+                                           PRESETS_ON_BY_DEFAULT if setting == "auto" else None))
         found.update(self.guidelines(labels))
         if isinstance(setting, Path):
             found.update(read_guidelines(setting, labels))
