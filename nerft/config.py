@@ -11,7 +11,7 @@ from typing import Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from nerft.data.labels import GuidelineError, parse_guidelines, read_guidelines
+from nerft.data.guidelines import GuidelineError, parse_guidelines, read_guidelines
 from nerft.data.prepared import GUIDELINE_SOURCES, NotPreparedData, PreparedData
 from nerft.errors import NerftError
 
@@ -32,7 +32,7 @@ ANSWER_FORMATS: tuple[str, ...] = get_args(AnswerFormatName)
 GuidelineSource = Literal["auto", "prepared", "preset", "off"]
 assert get_args(GuidelineSource) == GUIDELINE_SOURCES
 # auto: the presets of the corpus formats measured to gain from them, and the prepared ones
-# (nerft.data.labels.PRESETS_ON_BY_DEFAULT; BENCHMARKS.md "Task guidelines").
+# (nerft.data.guidelines.PRESETS_ON_BY_DEFAULT; BENCHMARKS.md "Task guidelines").
 DEFAULT_GUIDELINES = "auto"
 
 

@@ -165,7 +165,7 @@ def test_a_task_without_guidelines_prompts_and_records_as_before(answer_format):
 
 
 def test_guidelines_follow_the_instruction_one_line_per_label_in_label_order():
-    from nerft.data.labels import Guideline
+    from nerft.data.guidelines import Guideline
     from nerft.task.prompt import task_from_record
 
     task = Task(LABELS, "json", {
@@ -183,7 +183,7 @@ def test_guidelines_follow_the_instruction_one_line_per_label_in_label_order():
 
 
 def test_a_guideline_for_a_label_outside_the_set_or_a_bad_record_is_one_line():
-    from nerft.data.labels import Guideline
+    from nerft.data.guidelines import Guideline
     from nerft.task.prompt import TaskError, task_from_record
 
     with pytest.raises(TaskError, match="guideline for label '公司', which is not in the label set"):

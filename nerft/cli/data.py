@@ -54,7 +54,8 @@ def data_prepare(
     """
     from rich.markup import escape
 
-    from nerft.data.labels import parse_label_map, read_guidelines
+    from nerft.data.guidelines import read_guidelines
+    from nerft.data.labels import parse_label_map
     from nerft.data.prepare import check_outcome, prepare, write_prepared
     from nerft.data.prepared import PreparedData
     from nerft.data.split import parse_ratios

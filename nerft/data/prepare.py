@@ -13,7 +13,8 @@ from pathlib import Path
 from nerft.cache import sha256_file
 from nerft.data.clean import clean_example
 from nerft.data.example import Example, Rejection
-from nerft.data.labels import LabelMapper, guidelines_record
+from nerft.data.guidelines import guidelines_record
+from nerft.data.labels import LabelMapper
 from nerft.data.prepared import PreparedData
 from nerft.data.readers import DataError, read_file
 from nerft.data.split import SPLITS, assign_splits, split_from_name

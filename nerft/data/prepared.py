@@ -23,8 +23,8 @@ from pathlib import Path
 from nerft import atomic
 from nerft.cache import sha256_file
 from nerft.data.example import Example, read_examples, write_jsonl
-from nerft.data.labels import (PRESETS_ON_BY_DEFAULT, Guideline, parse_guidelines, preset_guidelines,
-                               read_guidelines)
+from nerft.data.guidelines import (PRESETS_ON_BY_DEFAULT, Guideline, parse_guidelines, preset_guidelines,
+                                   read_guidelines)
 from nerft.data.readers import DataError
 from nerft.data.split import SPLITS
 

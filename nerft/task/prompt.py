@@ -15,7 +15,8 @@ from functools import cached_property
 
 from nerft.config import ANSWER_FORMATS
 from nerft.data.example import Span
-from nerft.data.labels import Guideline, GuidelineError, guidelines_record, label_set_problem, parse_guidelines
+from nerft.data.guidelines import Guideline, GuidelineError, guidelines_record, parse_guidelines
+from nerft.data.labels import label_set_problem
 from nerft.errors import NerftError
 
 NO_ENTITY = "没有找到任何实体"

@@ -214,7 +214,7 @@ def test_duplicate_labels_are_one_line_at_training_and_in_task_json(tmp_path):
 # --- label guidelines (`nerft data prepare --labels FILE`, data.guidelines) -----------------
 
 def test_prepare_labels_records_guidelines_the_preset_and_a_config_file_layer_over(cli, resume_file, tmp_path):
-    from nerft.data.labels import GUIDELINE_PRESETS, Guideline
+    from nerft.data.guidelines import GUIDELINE_PRESETS, Guideline
     from nerft.data.prepared import PreparedData
 
     guide = tmp_path / "labels.yaml"
@@ -236,7 +236,7 @@ def test_prepare_labels_records_guidelines_the_preset_and_a_config_file_layer_ov
     assert data.task_guidelines(other, labels)["职位"] == Guideline("", ("总经理",))
     # The résumé corpus has no preset guidelines; a ccfbdci label table has.
     table = [{"corpus_label": "GPE", "format": "ccfbdci", "name": "地理实体"}]
-    from nerft.data.labels import preset_guidelines
+    from nerft.data.guidelines import preset_guidelines
     assert preset_guidelines(table, ("人名", "地理实体")) == {
         "地理实体": Guideline(GUIDELINE_PRESETS["ccfbdci"]["GPE"]["description"],
                           tuple(GUIDELINE_PRESETS["ccfbdci"]["GPE"]["examples"]),
@@ -292,7 +292,8 @@ def test_a_bad_guideline_file_is_one_line_naming_file_label_and_field(cli, resum
 
 
 def test_every_preset_guideline_is_valid_and_names_a_preset_label():
-    from nerft.data.labels import GUIDELINE_PRESETS, PRESETS, parse_guideline
+    from nerft.data.guidelines import GUIDELINE_PRESETS, parse_guideline
+    from nerft.data.labels import PRESETS
 
     for fmt, guidelines in GUIDELINE_PRESETS.items():
         assert set(guidelines) <= set(PRESETS[fmt]), fmt
@@ -318,7 +319,8 @@ def test_config_guidelines_take_a_setting_a_file_or_a_mapping(tmp_path, resume_f
 
 def test_preset_guidelines_stay_short_in_real_qwen_tokens(qwen_tokenizer):
     """What the presets add to every prompt (BENCHMARKS.md "Task guidelines" quotes these)."""
-    from nerft.data.labels import PRESETS, preset_guidelines
+    from nerft.data.guidelines import preset_guidelines
+    from nerft.data.labels import PRESETS
 
     added = {}
     for fmt in ("cluener", "ccfbdci", "conll"):

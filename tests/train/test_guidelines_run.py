@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from nerft.data.labels import GUIDELINE_PRESETS
+from nerft.data.guidelines import GUIDELINE_PRESETS
 from nerft.infer.predict import predict
 from nerft.models.loader import load_model
 from nerft.task.prompt import Task
