@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 from contextlib import ExitStack
@@ -13,7 +12,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from nerft.config import ADAPTER_KINDS, Config, is_tagger
+from nerft.config import Config, is_tagger
 from nerft.data.example import Example
 from nerft.data.prepared import PreparedData
 from nerft.task.prompt import Task
@@ -28,6 +27,7 @@ from nerft.runs.run_dir import RunDir, RunDirError, init_run_dir
 from nerft.train import ranks
 from nerft.train.resume import AlreadyFinished, RunStateError, check_resume_config, resume_checkpoint
 from nerft.train.sampling import cap_empty_share
+from nerft.train.schedule import Schedule, plan_schedule
 from nerft.train.trainer import NerTrainer, Validation
 from nerft.errors import NerftError
 
@@ -72,34 +72,6 @@ def per_label_scores(scores: dict) -> dict[str, dict[str, float]]:
 def task_labels(data_dir: Path, examples: list[Example]) -> tuple[str, ...]:
     """The label set, in the order `nerft data prepare` recorded (falls back to the data)."""
     return PreparedData(data_dir).labels or tuple(sorted({s.label for ex in examples for s in ex.entities}))
-
-
-# Measured (BENCHMARKS.md, "Learning curve"): the demo recipe's LoRA lr 1e-3 learns well over
-# 23-157 optimizer steps, but over 357 steps (2,560 ccfbdci sentences) validation F1 fell to 0,
-# while at lr 2e-4 every 2,560-sentence run measured beat its corpus's 640-sentence one (test F1
-# ccfbdci 0.719 against 0.515, CLUENER 0.603 against 0.516). `training.lr: auto` picks between them;
-# a number above HIGH_ADAPTER_LR for a long run gets a warning before it starts.
-AUTO_LR_SHORT_RUN = 1e-3
-AUTO_LR_LONG_RUN = 2e-4
-LONG_RUN_STEPS = 200
-HIGH_ADAPTER_LR = 5e-4
-
-
-def resolve_lr(lr: float | str, total_steps: int) -> float:
-    """The learning rate to train at: `lr` itself, or for `auto` the measured one for this length."""
-    if lr != "auto":
-        return float(lr)
-    return AUTO_LR_SHORT_RUN if total_steps <= LONG_RUN_STEPS else AUTO_LR_LONG_RUN
-
-
-def long_run_lr_warning(kind: str, lr: float, total_steps: int) -> str | None:
-    """A warning when an adapter is to train at a high learning rate for many steps, else None."""
-    if kind not in ADAPTER_KINDS or lr <= HIGH_ADAPTER_LR or total_steps <= LONG_RUN_STEPS:
-        return None
-    return (f"training.lr={lr:g} over {total_steps} optimizer steps: at lr 1e-3 the demo recipe "
-            "collapsed over 357 steps (2,560 ccfbdci sentences: validation F1 0.45, then 0) where "
-            "lr 2e-4 held (BENCHMARKS.md, learning curve); consider training.lr=2e-4 or "
-            "training.lr=auto for a run this long, and watch the validation F1")
 
 
 def validation_subset(examples: list[Example], size: int, seed: int) -> list[Example]:
@@ -179,13 +151,6 @@ class TrainingRows:
     sampled: object  # what data.max_empty_share kept (`cap_empty_share`)
 
 
-@dataclass
-class Schedule:
-    samples_per_step: int  # the effective batch: every process takes batch_size rows per micro-step
-    total_steps: int
-    lr: float
-
-
 def _train(config: Config, run: RunDir, last: Path | None, resume_changes: list[str],
            console: Console) -> RunSummary:
     """The recipe, one named step per line; `last` is the checkpoint to resume from.
@@ -215,7 +180,7 @@ def _train_steps(config: Config, run: RunDir, last: Path | None, resume_changes:
                      training_rows=rows.sampled.to_dict(), guidelines=task.record().get("guidelines"))
     model = _setup_method(config, model, lineage, console)
     train_enc, val_subset, val_enc = _encode(config, tokenizer, task, rows, console)
-    schedule = _schedule(config, len(train_enc), resume, console)
+    schedule = plan_schedule(config, len(train_enc), resume, console)
     trainer = _setup_trainer(config, run, model, tokenizer, task, (train_enc, val_subset, val_enc),
                              schedule, lineage, resume, console)
     if resume:
@@ -314,25 +279,6 @@ def _encode(config: Config, tokenizer, task: Task, rows: TrainingRows, console: 
                   f"({len(train_report.too_long):,} longer than {config.data.max_length} tokens dropped)",
                   highlight=False)
     return train_enc, val_subset, val_enc
-
-
-def _schedule(config: Config, train_rows: int, resume: bool, console: Console) -> Schedule:
-    """Optimizer steps and learning rate; a new run says what `lr: auto` chose and warns of a
-    high adapter lr over a long run (a resumed run said so when it started)."""
-    t = config.training
-    samples_per_step = t.batch_size * t.grad_accum * ranks.world_size()
-    steps_per_epoch = math.ceil(train_rows / samples_per_step)
-    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
-    lr = resolve_lr(t.lr, total_steps)
-    if not resume:
-        if t.lr == "auto":
-            console.print(f"training.lr auto: {lr:g} for {total_steps} optimizer steps "
-                          f"({AUTO_LR_SHORT_RUN:g} up to {LONG_RUN_STEPS}, {AUTO_LR_LONG_RUN:g} beyond)",
-                          highlight=False)
-        lr_warning = long_run_lr_warning(config.method.kind, lr, total_steps)
-        if lr_warning:
-            console.print(f"[yellow]warning:[/] {escape(lr_warning)}", highlight=False, soft_wrap=True)
-    return Schedule(samples_per_step, total_steps, lr)
 
 
 def _setup_trainer(config: Config, run: RunDir, model, tokenizer, task: Task, encoded,

@@ -48,7 +48,8 @@ def test_learning_rate_auto_and_the_long_run_warning(tmp_path, tiny_model_dir):
 
     from nerft.config import Config
     from nerft.data.example import write_jsonl
-    from nerft.train.workflow import long_run_lr_warning, resolve_lr, train
+    from nerft.train.schedule import long_run_lr_warning, resolve_lr
+    from nerft.train.workflow import train
 
     # auto: the rates the learning curve measured (1e-3 learnt over 23-157 steps, 2e-4 over 357)
     assert resolve_lr("auto", 157) == resolve_lr("auto", 200) == 1e-3
