@@ -149,11 +149,8 @@ def _train_learned_run(root: Path, shared_data: Path) -> None:
         "data": {"dir": str(data)},
         "model": {"source": str(base)},
         "method": {"kind": "full"},
-        # per-example attention: the other training tests cover the row-wide mask; this one
-        # shows the per-example path learns and validates (decoding as plain SDPA) end to end
         "training": {"output_dir": str(root / "run"), "max_steps": 150, "batch_size": 10,
-                     "grad_accum": 1, "lr": 5e-3, "warmup_ratio": 0.05, "save_steps": 1000,
-                     "packed_attention": "per_example"},
+                     "grad_accum": 1, "lr": 5e-3, "warmup_ratio": 0.05, "save_steps": 1000},
         # at_start off: a random model's step-0 answers run to their budgets (about a minute);
         # test_compare.py scores the untrained base on these rows instead
         "eval": {"eval_steps": 150, "val_size": 30, "batch_size": 30, "at_start": False},

@@ -50,28 +50,34 @@ def test_prefix_kv_is_refused_with_several_processes(tmp_path, prepared, monkeyp
 
 
 def test_lora_training_with_prefix_kv_follows_shared_prefix(tmp_path, tiny_model_dir, prepared):
-    """Same rows, same seed, same LoRA start: the two layouts compute the same gradient, so
-    the logged losses of a few LoRA steps agree (and both fall)."""
+    """Same rows, same seed, same LoRA start: the two layouts, and shared_prefix with its
+    attention computed per example (training.packed_attention), compute the same gradient, so
+    the logged losses of a few LoRA steps agree (and all fall); validation decodes after it."""
     import json
 
     from nerft.config import Config
     from nerft.train.workflow import train
 
-    def losses(packing: str) -> list[float]:
-        run = tmp_path / packing
+    def losses(packing: str, attention: str = "grid") -> list[float]:
+        run = tmp_path / f"{packing}-{attention}"
         train(Config.model_validate({
             "data": {"dir": str(prepared)}, "model": {"source": str(tiny_model_dir)},
             "method": {"kind": "lora", "lora_dropout": 0.0},
             "training": {"output_dir": str(run), "max_steps": 4, "batch_size": 4, "grad_accum": 1,
-                         "lr": 5e-3, "packing": packing, "save_steps": 1000},
-            "eval": {"eval_steps": 1000, "at_start": False, "val_size": 2, "batch_size": 2},
+                         "lr": 5e-3, "packing": packing, "packed_attention": attention,
+                         "save_steps": 1000},
+            "eval": {"eval_steps": 4, "at_start": False, "val_size": 2, "batch_size": 2},
             "tracking": {"swanlab": "off"}}))
         return [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in m]
 
     shared, cached = losses("shared_prefix"), losses("prefix_kv")
-    assert len(shared) == len(cached) == 4
+    per_example = losses("shared_prefix", "per_example")
+    assert len(shared) == len(cached) == len(per_example) == 4
     assert cached == pytest.approx(shared, rel=1e-3)
-    assert cached[-1] < cached[0]
+    assert per_example == pytest.approx(shared, rel=1e-3)
+    assert cached[-1] < cached[0] and per_example[-1] < per_example[0]
+    summary = json.loads((tmp_path / "shared_prefix-per_example" / "summary.json").read_text())
+    assert summary["best_step"] == 4  # validated (decoding as plain SDPA) after the last step
 
 
 def test_loss_is_scaled_back_up_by_the_number_of_processes(tmp_path, tiny_model_dir, qwen_tokenizer,
