@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 # 30 are listed at the end: the whole suite should stay within ~15 minutes on 2 cores.
 test: setup
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
+	NERFT_TEST_PREBUILD=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 # One demo everywhere: the MSRA slice and recipe (nerft/recipes/demo-cpu.yaml) that `nerft demo` fetches
 # and uses by itself, whatever corpora this machine has. Extra options go through DEMO_ARGS,

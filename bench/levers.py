@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench.facts import other_heavy_processes
-from bench.report import write_results
+from bench.report import batched_reader_note, write_results
 from bench.run import (SideFailed, add_shared_options, data_dir, machine_before, prepare_work, ratio,
                        reused_side, run_side)
 
@@ -89,12 +89,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=None,
                    help="time to F1: the validation F1 to reach (default: the baseline's own "
                         "F1 after --samples)")
-    p.add_argument("--baseline-reader-batch", type=int, default=1, metavar="N",
-                   help="score the baseline's snapshots N sentences per generate call (its "
-                        "prompt, greedy, stop ids and budget, left-padded; scoring is off the "
-                        "clock); the final adapter's first 16 rows are also decoded one at a "
-                        "time and the identical answers counted. Default 1: one at a time, as "
-                        "the worked example decodes")
     p.add_argument("--reuse-baseline", action="store_true",
                    help="take the baseline's side from the last run in --work (its result file), "
                         "when it was run with exactly the settings this run would give it; the "
@@ -262,17 +256,6 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def batched_reader_note(base: dict) -> str:
-    """What --baseline-reader-batch changed, and how far its answers agree with the example's."""
-    if (base.get("reader_batch") or 1) <= 1:
-        return ""
-    check = base.get("reader_check") or {}
-    return (f"The baseline's own reader decoded {base['reader_batch']} sentences per generate call "
-            "(left-padded; its prompt, greedy, stop ids and budget; `--baseline-reader-batch`, "
-            "scoring off the clock); on the final adapter, one sentence at a time gave the same "
-            f"answer for {check.get('identical', '-')} of its first {check.get('rows', '-')} rows. ")
 
 
 def time_to_f1_lines(r: dict) -> list[str]:

@@ -59,6 +59,12 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="ccfbdci.jsonl (default $NERFT_DATA)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument("--baseline-reader-batch", type=int, default=1, metavar="N",
+                   help="score the baseline's adapter (bench.levers: its snapshots) N sentences per generate call (its "
+                        "prompt, greedy, stop ids and budget, left-padded; scoring is off the "
+                        "clock); the final adapter's first 16 rows are also decoded one at a "
+                        "time and the identical answers counted. Default 1: one at a time, as "
+                        "the worked example decodes")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -156,7 +162,10 @@ def prepare_work(args, tiny_layers: int = 2) -> tuple[Path, dict, dict]:
             # A random model never stops: --quick caps nerft's per-sentence budget (same cap
             # on every side that uses it) so the quick bench stays quick.
             "budget_cap": args.max_new_tokens if args.quick else None,
-            "nerft_max_steps": len(rows["train"]) // 16}
+            "nerft_max_steps": len(rows["train"]) // 16,
+            # the worked example's reader, N sentences per generate call (off the clock)
+            **({"baseline_reader_batch": args.baseline_reader_batch}
+               if args.baseline_reader_batch > 1 else {})}
     return work, rows, spec
 
 

@@ -161,7 +161,7 @@ def train_baseline(spec: dict, rss: RssSampler) -> dict:
 
     def own_reader() -> dict:
         # the example's decoding (512 tokens, its stop rule) and format; several sentences per
-        # generate call when bench.levers --baseline-reader-batch asks (scoring is off the clock)
+        # generate call when --baseline-reader-batch asks (bench.run, bench.levers) (scoring is off the clock)
         start = time.perf_counter()
         answers, generated, _ = baseline.predict_all(model, tokenizer, texts, spec["max_new_tokens"],
                                                      batch_size=reader_batch)

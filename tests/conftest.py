@@ -103,18 +103,57 @@ def learned_run(tmp_path_factory, shared_data):
     """A tiny Qwen2 fully fine-tuned until it knows 30 real sentences by heart (as in
     tests/train/test_train_e2e.py): (run dir, its data folder, its untrained base model).
     val.jsonl and test.jsonl hold the training rows, so it scores near 1.0 on them.
-    Trained once per session: the first worker to need it trains, the others wait and share."""
-    from filelock import FileLock
-
+    Trained once per session: under `make test` by a background process from the start
+    (`pytest_sessionstart`), else by the first worker to need it; the others wait and share."""
     root = _shared_by_workers(tmp_path_factory) / "learned"
-    with FileLock(str(root) + ".lock"):
-        if not (root / "done").is_file():
-            _train_learned_run(root, shared_data)
-            (root / "done").write_text("ok\n")
+    learned_run_ready(root, shared_data)
     from tiny import tiny_qwen2
 
     return root / "run", root / "data", tiny_qwen2(layers=2, hidden=128, heads=4, kv_heads=2,
                                                    intermediate=256)
+
+
+def learned_run_ready(root: Path, shared_data: Path) -> None:
+    """ROOT/run trained (once: whoever takes the lock first trains, the others wait)."""
+    from filelock import FileLock
+
+    with FileLock(str(root) + ".lock"):
+        if not (root / "done").is_file():
+            _train_learned_run(root, shared_data)
+            (root / "done").write_text("ok\n")
+
+
+# `make test` sets this: the suite's two workers would otherwise reach the learned run's tests
+# together, and one sat idle for two minutes while the other trained it.
+PREBUILD = "NERFT_TEST_PREBUILD"
+_prebuild: list = []
+
+
+def pytest_sessionstart(session):
+    """Under `make test` (the xdist controller only): train the learned run in a background
+    process, one thread, while the workers run the tests that do not need it."""
+    import subprocess
+    import sys
+
+    config = session.config
+    if os.environ.get(PREBUILD) != "1" or hasattr(config, "workerinput"):
+        return
+    if not getattr(config.option, "numprocesses", None):
+        return
+    root = config._tmp_path_factory.getbasetemp() / "learned"
+    script = ("import sys; from pathlib import Path; sys.path[:0] = ['tests', '.']; import torch; "
+              "torch.set_num_threads(1); from conftest import learned_run_ready; "
+              f"learned_run_ready(Path({str(root)!r}), Path({str(shared_data_dir())!r}))")
+    log = open(str(root) + ".log", "w", encoding="utf-8")
+    _prebuild.append(subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=log,
+                                      stderr=subprocess.STDOUT,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}))
+
+
+def pytest_sessionfinish(session):
+    for process in _prebuild:  # a run of a few files may end before it does
+        process.terminate()
+        process.wait()
 
 
 def _memorised_rows(root: Path, shared_data: Path) -> Path:

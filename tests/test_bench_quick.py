@@ -25,7 +25,7 @@ def test_quick_bench_reports_every_figure(tmp_path, shared_data):
     env = {**os.environ, "NERFT_DATA": str(shared_data)}
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--name", "ci", "--out", str(tmp_path / "out"),
-         "--work", str(tmp_path / "work")],
+         "--work", str(tmp_path / "work"), "--baseline-reader-batch", "4"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "ci.json").read_text(encoding="utf-8"))
@@ -61,6 +61,12 @@ def test_quick_bench_reports_every_figure(tmp_path, shared_data):
             assert _unit(reader["f1"]) and _unit(reader["parse_rate"]), side
     f1_rows = [line for line in table.splitlines() if line.startswith(f"| val F1 after {rows['samples']} samples")]
     assert len(f1_rows) == 2  # own reader, same reader
+    # --baseline-reader-batch 4: the worked example's reader took 4 sentences per generate
+    # call, and the table says how many answers one-at-a-time decoding repeated
+    own = base["f1_at_samples"]
+    assert own["reader_batch"] == 4 and own["reader_check"]["rows"] == rows["val"]
+    assert (f"gave the same answer for {own['reader_check']['identical']} of its first "
+            f"{rows['val']} rows") in table
     assert f"{base['f1_at_samples']['f1']:.3f}" in f1_rows[0] and f"{ours['f1_at_samples']['f1']:.3f}" in f1_rows[0]
     assert (f"{base['f1_at_samples']['common_reader']['f1']:.3f}" in f1_rows[1]
             and f"{ours['f1_at_samples']['common_reader']['f1']:.3f}" in f1_rows[1])
@@ -111,7 +117,7 @@ def test_quick_bench_reports_every_figure(tmp_path, shared_data):
     (work / "infer-equal-nerft.json").unlink()
     again = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--name", "ci2", "--out", str(tmp_path / "out"),
-         "--work", str(work), "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+         "--work", str(work), "--resume", "--baseline-reader-batch", "4"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[bench] infer-equal-nerft done" in again.stderr
     r2 = json.loads((tmp_path / "out" / "ci2.json").read_text(encoding="utf-8"))
