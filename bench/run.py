@@ -60,7 +60,8 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--baseline-reader-batch", type=int, default=1, metavar="N",
-                   help="score the baseline's adapter (bench.levers: its snapshots) N sentences per generate call (its "
+                   help="score the baseline's adapter (bench.levers: its snapshots) N "
+                        "sentences per generate call (its "
                         "prompt, greedy, stop ids and budget, left-padded; scoring is off the "
                         "clock); the final adapter's first 16 rows are also decoded one at a "
                         "time and the identical answers counted. Default 1: one at a time, as "

@@ -146,7 +146,8 @@ class TrainingConfig(_Section):
     packed_attention: Literal["grid", "per_example"] = Field(
         "grid", description="shared_prefix packing with sdpa: grid runs attention over the whole "
         "row with a mask; per_example runs the prefix, then each example against the prefix "
-        "and itself (the same result, about a tenth of the attention scores)")
+        "and itself (the same result, fewer attention scores; not faster per step on 2 CPU "
+        "cores: BENCHMARKS.md)")
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
